@@ -1,0 +1,131 @@
+"""Batches of a training epoch: which images, and their augmented views.
+
+The order is a pure function of (seed, epoch) and the augmentation randomness
+of (seed, epoch, step, rank): resuming at any step replays exactly what an
+uninterrupted run would have seen, with no RNG state to save.
+
+With several ranks, each global batch of B images is split into contiguous
+slices of B/world, so 2 ranks x b see the same images as 1 process x 2b.
+
+Two pipelines:
+- `device` (default): images already on the device; views made for the whole
+  batch at once by `BatchAugment`. No worker processes.
+- `torchvision`: the per-image PIL reference pipeline in DataLoader workers,
+  kept for comparisons (`bench/throughput.py`) and for checking that our
+  batched augmentation trains as well.
+"""
+from typing import Iterator, List, Tuple
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+Batch = Tuple[List[torch.Tensor], torch.Tensor, torch.Tensor]   # views, index [b], labels [b]
+
+_MIX = 1_000_003   # odd multiplier to combine seed parts into one 63-bit seed
+
+
+def mix_seed(*parts: int) -> int:
+    s = 0
+    for p in parts:
+        s = (s * _MIX + int(p) + 1) % (1 << 63)
+    return s
+
+
+def epoch_order(num_samples: int, batch_size: int, seed: int, epoch: int,
+                device: torch.device) -> torch.Tensor:
+    """[steps_per_epoch, batch_size] dataset indices of one epoch (drop_last)."""
+    g = torch.Generator(device=device).manual_seed(mix_seed(seed, epoch))
+    steps = num_samples // batch_size
+    perm = torch.randperm(num_samples, generator=g, device=device)
+    return perm[: steps * batch_size].view(steps, batch_size)
+
+
+class DeviceBatches:
+    """Views made on the device by the source itself (BatchAugment / Spirograph)."""
+
+    def __init__(self, source, batch_size: int, num_views: int, seed: int, rank: int, world: int):
+        self.source, self.batch_size, self.num_views = source, batch_size, num_views
+        self.seed, self.rank, self.world = seed, rank, world
+        self.local = batch_size // world
+        self.steps_per_epoch = len(source) // batch_size
+
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
+        order = epoch_order(len(self.source), self.batch_size, self.seed, epoch, self.source.device)
+        for step in range(start_step, self.steps_per_epoch):
+            index = order[step, self.rank * self.local:(self.rank + 1) * self.local]
+            g = torch.Generator(device=self.source.device)
+            g.manual_seed(mix_seed(self.seed, epoch, step, self.rank))
+            views = self.source.views(index, self.num_views, g)
+            yield views, index, self.source.labels[index]
+
+
+def torchvision_transform(size: int, mean, std, aug) -> "torchvision.transforms.Compose":
+    """The per-image reference augmentation, built from the same `augment` config."""
+    from torchvision import transforms as T
+    steps = [T.RandomResizedCrop(size, scale=tuple(aug.crop_scale), ratio=tuple(aug.crop_ratio),
+                                 interpolation=T.InterpolationMode(aug.interpolation)),
+             T.RandomHorizontalFlip(aug.flip_p),
+             T.RandomApply([T.ColorJitter(aug.brightness, aug.contrast, aug.saturation, aug.hue)],
+                           p=aug.jitter_p),
+             T.RandomGrayscale(aug.grayscale_p)]
+    if aug.blur_p > 0:
+        steps.append(T.RandomApply([T.GaussianBlur(aug.blur_kernel_size, tuple(aug.blur_sigma))],
+                                   p=aug.blur_p))
+    if aug.solarize_p > 0:
+        steps.append(T.RandomSolarize(int(aug.solarize_threshold * 255), p=aug.solarize_p))
+    steps += [T.ToTensor(), T.Normalize(mean, std)]
+    return T.Compose(steps)
+
+
+class _PILViews(Dataset):
+    """Item (index, seed) -> (views [V, 3, S, S], index, label); the seed makes
+    each image's augmentation independent of worker count and resumable."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform, num_views: int):
+        self.images, self.labels = images.cpu(), labels.cpu()
+        self.transform, self.num_views = transform, num_views
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, item):
+        from PIL import Image
+        i, seed = item
+        img = Image.fromarray(self.images[i].permute(1, 2, 0).numpy())
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            views = torch.stack([self.transform(img) for _ in range(self.num_views)])
+        return views, i, self.labels[i]
+
+
+class TorchvisionBatches:
+    """Per-image torchvision augmentation in DataLoader workers, same order as DeviceBatches."""
+
+    def __init__(self, source, transform, batch_size: int, num_views: int, seed: int,
+                 rank: int, world: int, num_workers: int, device: torch.device):
+        self.source, self.batch_size, self.seed = source, batch_size, seed
+        self.rank, self.world, self.local = rank, world, batch_size // world
+        self.steps_per_epoch = len(source) // batch_size
+        self.device, self.num_workers = device, num_workers
+        self.dataset = _PILViews(source.images, source.labels, transform, num_views)
+
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
+        order = epoch_order(len(self.source), self.batch_size, self.seed, epoch,
+                            torch.device("cpu"))
+        sl = slice(self.rank * self.local, (self.rank + 1) * self.local)
+        batches = [[(int(i), mix_seed(self.seed, epoch, int(i))) for i in order[s, sl]]
+                   for s in range(start_step, self.steps_per_epoch)]
+        loader = DataLoader(self.dataset, batch_sampler=batches, num_workers=self.num_workers,
+                            pin_memory=self.device.type == "cuda",
+                            persistent_workers=False)
+        for views, index, labels in loader:
+            views = views.to(self.device, non_blocking=True)
+            yield list(views.unbind(1)), index.to(self.device), labels.to(self.device)
+
+
+def build_batches(cfg, source, rank: int, world: int, device: torch.device):
+    if cfg.dataset.pipeline == "torchvision" and cfg.dataset.name != "spirograph":
+        tf = torchvision_transform(cfg.dataset.size, cfg.dataset.mean, cfg.dataset.std, cfg.augment)
+        return TorchvisionBatches(source, tf, cfg.batch_size, cfg.method.num_views, cfg.seed,
+                                  rank, world, cfg.dataset.num_workers, device)
+    return DeviceBatches(source, cfg.batch_size, cfg.method.num_views, cfg.seed, rank, world)

@@ -1,0 +1,104 @@
+"""Encoders and heads: torchvision ResNets with small-image stems, projection MLPs.
+
+`build_backbone` returns a ResNet whose `forward` gives the pooled feature
+vector [B, F] (fc removed), with
+- the CIFAR stem (3x3 stride-1 conv1, no max-pool) for images up to 64 px,
+  as in SimCLR's and SupContrast's CIFAR code;
+- the STL stem (3x3 stride-1 conv1 followed by the max-pool) for up to 128 px;
+- torchvision's ImageNet stem (7x7 stride-2 conv1 + max-pool) above that.
+`width` scales every stage (64 is the standard ResNet: stages 64-128-256-512).
+"""
+from typing import Optional
+
+from torch import nn
+from torchvision.models import resnet
+
+
+_BLOCKS = {
+    "resnet18": (resnet.BasicBlock, [2, 2, 2, 2]),
+    "resnet34": (resnet.BasicBlock, [3, 4, 6, 3]),
+    "resnet50": (resnet.Bottleneck, [3, 4, 6, 3]),
+}
+
+
+def resolve_stem(stem: str, image_size: int) -> str:
+    if stem != "auto":
+        return stem
+    if image_size <= 64:
+        return "cifar"
+    return "stl" if image_size <= 128 else "imagenet"
+
+
+class _WidthResNet(resnet.ResNet):
+    """torchvision's ResNet with every stage width scaled by width/64."""
+
+    def __init__(self, block, layers, width: int):
+        # torchvision hard-codes 64-128-256-512; build with inplanes=width by
+        # temporarily setting the attribute its _make_layer reads.
+        nn.Module.__init__(self)
+        self._norm_layer = nn.BatchNorm2d
+        self.inplanes = width
+        self.dilation = 1
+        self.groups = 1
+        self.base_width = 64       # bottleneck's inner width rule: planes * base_width/64
+        self.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.layer1 = self._make_layer(block, width, layers[0])
+        self.layer2 = self._make_layer(block, width * 2, layers[1], stride=2)
+        self.layer3 = self._make_layer(block, width * 4, layers[2], stride=2)
+        self.layer4 = self._make_layer(block, width * 8, layers[3], stride=2)
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Identity()    # the encoder ends at the pooled features
+        self.num_features = width * 8 * block.expansion
+        # torchvision's initialisation (He normal for convs, BN weight 1 / bias 0)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+
+def build_backbone(name: str, width: int, stem: str, image_size: int) -> nn.Module:
+    """A ResNet encoder: images [B, 3, S, S] -> features [B, num_features]."""
+    if name not in _BLOCKS:
+        raise ValueError(f"backbone.name={name!r} is not one of {sorted(_BLOCKS)}")
+    block, layers = _BLOCKS[name]
+    net = _WidthResNet(block, layers, width)
+    stem = resolve_stem(stem, image_size)
+    if stem in ("cifar", "stl"):
+        net.conv1 = nn.Conv2d(3, width, kernel_size=3, stride=1, padding=1, bias=False)
+        nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
+        if stem == "cifar":
+            net.maxpool = nn.Identity()
+    elif stem != "imagenet":
+        raise ValueError(f"backbone.stem={stem!r} is not one of auto, cifar, stl, imagenet")
+    return net
+
+
+def projection_mlp(in_dim: int, hidden_dim: Optional[int], out_dim: int, num_layers: int = 2,
+                   bn: bool = True, last_bn: bool = False) -> nn.Sequential:
+    """Projection head: (Linear -> [BN] -> ReLU) x (num_layers-1) -> Linear [-> BN(no affine)].
+
+    hidden_dim None means the input size (MoCo v2 / SupContrast heads).
+    Linear layers followed by BN carry no bias (it would be cancelled).
+    """
+    hidden_dim = hidden_dim or in_dim
+    layers = []
+    dim = in_dim
+    for _ in range(num_layers - 1):
+        layers += [nn.Linear(dim, hidden_dim, bias=not bn)]
+        if bn:
+            layers.append(nn.BatchNorm1d(hidden_dim))
+        layers.append(nn.ReLU(inplace=True))
+        dim = hidden_dim
+    layers.append(nn.Linear(dim, out_dim, bias=not last_bn))
+    if last_bn:
+        layers.append(nn.BatchNorm1d(out_dim, affine=False))
+    return nn.Sequential(*layers)
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

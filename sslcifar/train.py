@@ -1,0 +1,372 @@
+"""The one training loop: every method, every data set, one or many processes.
+
+    python simclr.py backbone=resnet18                       # 1 process (GPU if any)
+    python simclr.py dataset=spirograph backbone.width=16    # no download needed
+    python moco.py backbone=resnet18 batch_size=256 moco_k=4096 moco_t=0.2
+    torchrun --nproc_per_node=4 simclr.py batch_size=1024    # 4 GPUs, global batch 1024
+
+`train(cfg)` reads as sections: run directory, device and processes, data,
+model, optimisation, resume, loop, final evaluation. Distributed training,
+mixed precision and checkpointing sit behind small helpers that are no-ops
+on one CPU process.
+"""
+import json
+import logging
+import math
+import signal
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Dict, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import checkpoint as ckpt
+from . import distributed as dist
+from .config import as_dict
+from .data.loader import build_batches
+from .data.sources import build_source
+from .errors import UserError
+from .knn import knn_evaluate
+from .methods import build_method
+from .metrics import MetricsLog
+from .optim import build_optimizer, scaled_lr
+from .schedule import lr_schedule
+from .validate import check_writable, validate_config, validate_data
+
+log = logging.getLogger("sslcifar")
+
+DONE = "done.json"
+
+
+class Diverged(UserError):
+    """The loss became NaN or infinite."""
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        return torch.device("cuda", dist.local_rank() % max(1, torch.cuda.device_count()))
+    return torch.device(name)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:
+    """None means full fp32. 'auto' is bf16 on CUDA (no loss scaling needed) and fp32 on CPU."""
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def default_run_dir() -> Path:
+    from hydra.core.hydra_config import HydraConfig
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.output_dir)
+    raise UserError("no run directory: set run_dir=PATH (or launch through simclr.py/moco.py)")
+
+
+class OnlineProbe(nn.Module):
+    """A linear classifier on detached backbone features, trained alongside
+    pretraining with its own optimizer: no gradient reaches the backbone."""
+
+    def __init__(self, num_features: int, num_classes: int, lr: float):
+        super().__init__()
+        self.fc = nn.Linear(num_features, num_classes)
+        self.opt = torch.optim.Adam(self.fc.parameters(), lr=lr)
+
+    def step(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """One update; returns the number of correct predictions (made before it)."""
+        logits = self.fc(features.float())
+        loss = F.cross_entropy(logits, labels)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return (logits.argmax(1) == labels).sum()
+
+
+class StopRequest:
+    """Set by SIGUSR2/SIGTERM (SLURM's warning before a time limit or preemption):
+    the loop saves a checkpoint at the next step and exits for requeue."""
+
+    def __init__(self):
+        self.signum: Optional[int] = None
+        self.previous = {}
+
+    def install(self) -> None:
+        for sig in (signal.SIGUSR2, signal.SIGTERM):
+            try:
+                self.previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:          # not the main thread: leave signals alone
+                pass
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+
+    def forward_to_previous(self) -> None:
+        """Hand the signal to whoever listened before us (submitit requeues the job)."""
+        prev = self.previous.get(self.signum)
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        if callable(prev):
+            prev(self.signum, None)
+
+
+def train(cfg) -> Dict[str, float]:
+    # ------------------------------------------------------------------ run directory
+    validate_config(cfg)
+    run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir()
+    ckpt_dir = run_dir / "checkpoints"
+    done_file = run_dir / DONE
+    if done_file.exists() and (cfg.resume or _requeued()):
+        log.info("%s: this run already finished; not running it again", run_dir)
+        return json.loads(done_file.read_text())
+
+    # ------------------------------------------------------------------ device and processes
+    device = pick_device(cfg.device)
+    dist.init_from_env(device.type)
+    rank, world = dist.rank(), dist.world_size()
+    is_main = rank == 0
+    if is_main:
+        check_writable(run_dir)
+    amp_dtype = autocast_dtype(cfg.precision, device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    # ------------------------------------------------------------------ data
+    train_src = build_source(cfg, "train", device)
+    validate_data(cfg, train_src, world)
+    test_src = build_source(cfg, "test", device)
+    batches = build_batches(cfg, train_src, rank, world, device)
+    steps_per_epoch = batches.steps_per_epoch
+    total_steps = cfg.epochs * steps_per_epoch
+    last_step = total_steps if cfg.max_steps is None else min(cfg.max_steps, total_steps)
+    num_classes = cfg.dataset.num_classes or (int(train_src.labels.max()) + 1)
+
+    # ------------------------------------------------------------------ model
+    torch.manual_seed(cfg.seed)          # same initial weights on every rank
+    method = build_method(cfg, len(train_src), num_classes).to(device)
+    if cfg.channels_last:
+        method = method.to(memory_format=torch.channels_last)
+    if cfg.backbone.sync_bn and world > 1:
+        method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
+    probe = None
+    if cfg.eval.online_probe and train_src.has_labels:
+        probe = OnlineProbe(method.backbone.num_features, num_classes, cfg.eval.probe_lr).to(device)
+    model = method
+    if world > 1:
+        # buffers (MoCo's queue, SogCLR's u) are kept identical by the methods themselves
+        model = nn.parallel.DistributedDataParallel(
+            method, device_ids=[device.index] if device.type == "cuda" else None,
+            broadcast_buffers=False)
+    step_fn = torch.compile(model) if cfg.compile else model
+
+    # ------------------------------------------------------------------ optimisation
+    o = cfg.optimizer
+    base_lr = scaled_lr(o.lr, cfg.batch_size, o.lr_scaling)
+    optimizer = build_optimizer([p for p in method.parameters() if p.requires_grad], o.name,
+                                base_lr, o.weight_decay, momentum=o.momentum,
+                                nesterov=o.nesterov, betas=tuple(o.betas),
+                                trust_coefficient=o.trust_coefficient)
+    warmup = round(cfg.scheduler.warmup_epochs * steps_per_epoch)
+    final_lr = cfg.scheduler.final_lr if cfg.scheduler.name == "cosine" else base_lr
+    lrs = lr_schedule(base_lr, total_steps, warmup, final_lr,
+                      "cosine" if cfg.scheduler.name == "cosine" else "constant").tolist()
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    autocast = (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None
+                else nullcontext())
+
+    # ------------------------------------------------------------------ resume
+    metrics = MetricsLog(run_dir, cfg.tensorboard, enabled=is_main)
+    step, meters = 0, _new_meters(device)
+    if cfg.resume or _requeued():
+        state, path = ckpt.load_latest(ckpt_dir, map_location=device)
+        if state is None and cfg.resume:
+            raise UserError(f"resume=true but {ckpt_dir} holds no checkpoint. Fix: point "
+                            f"hydra.run.dir at the run to continue, or drop resume=true")
+        if state is not None:
+            step = _restore(state, method, optimizer, scaler, probe, metrics, meters)
+            log.info("resumed from %s at step %d (epoch %d)", path, step, step // steps_per_epoch)
+    if is_main:
+        log.info("%s | %s-%s w%d | %s %d train images | batch %d x %d steps/epoch | lr %.4g | "
+                 "%s %s | %d process(es)", cfg.method.name, cfg.backbone.name, cfg.backbone.stem,
+                 cfg.backbone.width, cfg.dataset.name, len(train_src), cfg.batch_size,
+                 steps_per_epoch, base_lr, device, amp_dtype or "fp32", world)
+
+    def save():
+        if is_main:
+            ckpt.save_last(_state(cfg, step, method, optimizer, scaler, probe, metrics, meters),
+                           ckpt_dir)
+        dist.barrier()
+
+    stop = StopRequest()
+    stop.install()
+
+    # ------------------------------------------------------------------ loop
+    while step < last_step:
+        epoch, start = divmod(step, steps_per_epoch)
+        t0 = time.perf_counter()
+        bar = _progress(cfg, is_main, epoch, start, steps_per_epoch)
+        pending = []            # losses since the last log line, still on the device
+        for views, index, labels in batches.epoch(epoch, start):
+            for group in optimizer.param_groups:
+                group["lr"] = lrs[step]
+            if cfg.channels_last:
+                views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+            with autocast:
+                out = step_fn(views, index, labels)
+            loss = out["loss"]
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            if probe is not None:
+                meters["probe_correct"] += probe.step(out["features"], labels)
+            step += 1
+            pending.append(loss.detach())
+            meters["loss_sum"] += loss.detach().double()
+            meters["seen"] += 1
+            for k, v in out.items():
+                if k not in ("loss", "features"):
+                    meters.setdefault(k, torch.zeros((), dtype=torch.float64, device=device))
+                    meters[k] += v.double()
+            # the only host-device synchronisation: every log_every steps
+            if step % cfg.log_every == 0 or step == last_step or step % steps_per_epoch == 0 \
+                    or stop.signum is not None:
+                _check_finite(pending, step, steps_per_epoch, ckpt_dir)
+                if bar is not None:
+                    bar.update(len(pending))
+                    bar.set_postfix(loss=f"{pending[-1].item():.4f}", lr=f"{lrs[step - 1]:.4g}")
+                metrics.scalar("train/loss", pending[-1].item(), step)
+                metrics.scalar("train/lr", lrs[step - 1], step)
+                pending = []
+            if stop.signum is not None:
+                log.warning("signal %d received at step %d: saving a checkpoint and stopping "
+                            "for requeue", stop.signum, step)
+                save()
+                stop.forward_to_previous()
+                raise SystemExit(0)
+            if step == last_step:
+                break
+        if bar is not None:
+            bar.close()
+        elapsed = time.perf_counter() - t0
+        steps_done = step - epoch * steps_per_epoch - start
+        epoch_end = step % steps_per_epoch == 0
+        evaluate = step == last_step or (epoch_end and cfg.eval.knn_every > 0
+                                         and (epoch + 1) % cfg.eval.knn_every == 0)
+        if epoch_end or step == last_step:
+            row = _epoch_row(epoch, step, meters, lrs[step - 1], cfg.batch_size * steps_done / elapsed,
+                             probe is not None, cfg.batch_size)
+            if evaluate:
+                row.update(_knn(cfg, method, train_src, test_src, is_main))
+            if is_main:
+                metrics.write(row)
+                log.info("epoch %d step %d | %s", epoch, step, " ".join(
+                    f"{k}={v:.4g}" for k, v in row.items() if k not in ("epoch", "step")
+                    and isinstance(v, float)))
+            if epoch_end:
+                meters = _new_meters(device)
+            save()
+            if is_main and epoch_end and cfg.checkpoint_every and (epoch + 1) % cfg.checkpoint_every == 0:
+                ckpt.atomic_save(_state(cfg, step, method, optimizer, scaler, probe, metrics, meters),
+                                 ckpt_dir / f"epoch_{epoch + 1}.pt")
+
+    # ------------------------------------------------------------------ final
+    final = {k: v for k, v in metrics.rows[-1].items()} if metrics.rows else {"step": step}
+    final["finished"] = step >= total_steps
+    if is_main:
+        if step >= total_steps:
+            done_file.write_text(json.dumps(final))
+        summary = " ".join(f"{k}={v:.4f}" for k, v in final.items()
+                           if k.startswith(("knn", "online", "loss")) and isinstance(v, float))
+        print(f"final: {summary} (run dir {run_dir})", flush=True)
+    metrics.close()
+    dist.shutdown()
+    return final
+
+
+# ---------------------------------------------------------------------- helpers of the loop
+
+def _requeued() -> bool:
+    """A SLURM job started again after preemption/requeue resumes by itself."""
+    import os
+    return int(os.environ.get("SLURM_RESTART_COUNT", "0")) > 0
+
+
+def _new_meters(device) -> dict:
+    z = lambda: torch.zeros((), dtype=torch.float64, device=device)  # noqa: E731
+    return {"loss_sum": z(), "seen": z(), "probe_correct": z()}
+
+
+def _epoch_row(epoch, step, meters, lr, images_per_s, has_probe, batch_size) -> dict:
+    n = max(meters["seen"].item(), 1)
+    row = {"epoch": epoch, "step": step, "loss": meters["loss_sum"].item() / n, "lr": lr,
+           "images_per_s": images_per_s}
+    if has_probe:
+        local = batch_size // dist.world_size()
+        row["online_top1"] = 100.0 * meters["probe_correct"].item() / (n * local)
+    for k, v in meters.items():
+        if k not in ("loss_sum", "seen", "probe_correct"):
+            row[k] = v.item() / n
+    return row
+
+
+def _check_finite(pending, step, steps_per_epoch, ckpt_dir) -> None:
+    values = torch.stack(pending).float().tolist()
+    for i, v in enumerate(values):
+        if not math.isfinite(v):
+            bad = step - len(values) + i + 1
+            raise Diverged(f"loss is {v} at epoch {(bad - 1) // steps_per_epoch} step {bad}: "
+                           f"training stopped; the last good checkpoint is kept in {ckpt_dir}. "
+                           f"Fix: lower optimizer.lr, raise loss.temperature or use precision=fp32")
+
+
+def _knn(cfg, method, train_src, test_src, is_main) -> dict:
+    if not is_main and dist.world_size() > 1:
+        return {}
+    return knn_evaluate(method.backbone, train_src, test_src, cfg.eval.knn_k,
+                        cfg.eval.knn_temperature, cfg.eval.knn_max_train)
+
+
+def _progress(cfg, is_main, epoch, start, total):
+    if not (cfg.progress and is_main):
+        return None
+    from tqdm import tqdm
+    return tqdm(total=total, initial=start, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True)
+
+
+def _state(cfg, step, method, optimizer, scaler, probe, metrics, meters) -> dict:
+    state = {"step": step, "model": method.state_dict(), "optimizer": optimizer.state_dict(),
+             "scaler": scaler.state_dict(), "config": as_dict(cfg), "metrics": metrics.rows,
+             "meters": {k: v.cpu() for k, v in meters.items()},
+             "rng": {"torch": torch.get_rng_state()}}
+    if torch.cuda.is_available():
+        state["rng"]["cuda"] = torch.cuda.get_rng_state_all()
+    if probe is not None:
+        state["probe"] = probe.state_dict()
+        state["probe_optimizer"] = probe.opt.state_dict()
+    return state
+
+
+def _restore(state, method, optimizer, scaler, probe, metrics, meters) -> int:
+    try:
+        method.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    except (KeyError, RuntimeError, ValueError) as e:
+        raise UserError(f"the checkpoint does not fit this config ({str(e).splitlines()[0]}). "
+                        f"Fix: resume with the same method/backbone/optimizer overrides") from None
+    scaler.load_state_dict(state["scaler"])
+    if probe is not None and "probe" in state:
+        probe.load_state_dict(state["probe"])
+        probe.opt.load_state_dict(state["probe_optimizer"])
+    metrics.restore(state.get("metrics", []))
+    for k, v in state.get("meters", {}).items():
+        meters[k] = v.to(meters["seen"].device)
+    torch.set_rng_state(state["rng"]["torch"])
+    if "cuda" in state["rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    return int(state["step"])

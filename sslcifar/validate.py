@@ -1,0 +1,107 @@
+"""Cross-field checks of a composed config, before any data is read or any
+model is built. Hydra's schema already checks keys and types; these are the
+rules that involve values and several keys. Each failure is one UserError
+line naming the key, the value and what is allowed.
+"""
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .errors import UserError
+from .methods import LOSS_OF, METHODS
+
+CHOICES = {
+    "device": ("auto", "cpu", "cuda"),
+    "precision": ("auto", "fp32", "bf16", "fp16"),
+    "optimizer.name": ("sgd", "lars", "adamw"),
+    "optimizer.lr_scaling": ("none", "linear", "sqrt"),
+    "scheduler.name": ("cosine", "constant"),
+    "dataset.pipeline": ("device", "torchvision"),
+    "augment.interpolation": ("bilinear", "bicubic"),
+    "backbone.stem": ("auto", "cifar", "stl", "imagenet"),
+    "method.name": METHODS,
+}
+# the stride of each stem x the 8x of the ResNet stages: the smallest image it takes
+MIN_SIZE = {"cifar": 8, "stl": 16, "imagenet": 32}
+
+
+def _get(cfg, dotted: str):
+    node = cfg
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def _require(ok: bool, key: str, value, allowed: str) -> None:
+    if not ok:
+        raise UserError(f"{key}={value} is not allowed: {allowed}")
+
+
+def validate_config(cfg) -> None:
+    for key, allowed in CHOICES.items():
+        v = _get(cfg, key)
+        _require(v in allowed, key, v, "use one of " + ", ".join(allowed))
+    m = cfg.method.name
+    _require(cfg.loss.name == LOSS_OF[m], "loss", cfg.loss.name,
+             f"method={m} trains with loss={LOSS_OF[m]}")
+    contrastive = m != "supervised"
+    _require(cfg.batch_size >= (2 if contrastive else 1), "batch_size", cfg.batch_size,
+             "needs >= 2 for a contrastive loss" if contrastive else "needs >= 1")
+    _require(cfg.epochs >= 1, "epochs", cfg.epochs, "needs >= 1")
+    _require(cfg.max_steps is None or cfg.max_steps >= 1, "max_steps", cfg.max_steps,
+             "needs >= 1 or null")
+    if contrastive:
+        _require(cfg.loss.temperature > 0, "loss.temperature", cfg.loss.temperature, "needs > 0")
+    _require(cfg.optimizer.lr >= 0, "optimizer.lr", cfg.optimizer.lr, "needs >= 0")
+    _require(cfg.optimizer.weight_decay >= 0, "optimizer.weight_decay",
+             cfg.optimizer.weight_decay, "needs >= 0")
+    _require(0 < cfg.loss.gamma <= 1, "loss.gamma", cfg.loss.gamma, "needs 0 < gamma <= 1")
+    if m == "moco":
+        keys_per_step = cfg.batch_size * (2 if cfg.method.symmetric else 1)
+        _require(cfg.method.queue_size >= keys_per_step, "moco_k (method.queue_size)",
+                 cfg.method.queue_size, f"needs >= the keys enqueued per step ({keys_per_step})")
+        _require(0 <= cfg.method.momentum <= 1, "moco_m (method.momentum)", cfg.method.momentum,
+                 "needs 0 <= m <= 1")
+    _require(cfg.dataset.subset is None or cfg.dataset.subset >= 1, "dataset.subset",
+             cfg.dataset.subset, "needs >= 1 or null")
+    for key in ("crop_scale", "crop_ratio", "blur_sigma"):
+        lo, hi = cfg.augment[key]
+        _require(0 < lo <= hi, f"augment.{key}", list(cfg.augment[key]), "needs 0 < low <= high")
+    from .models import resolve_stem
+    stem = resolve_stem(cfg.backbone.stem, cfg.dataset.size)
+    _require(cfg.dataset.size >= MIN_SIZE[stem], "dataset.size", cfg.dataset.size,
+             f"the {stem} stem needs images of at least {MIN_SIZE[stem]}px")
+    _require(cfg.backbone.width >= 1, "backbone.width", cfg.backbone.width, "needs >= 1")
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("device=cuda is not allowed: no CUDA device is visible. "
+                        "Fix: device=auto or device=cpu")
+    if cfg.precision == "fp16" and not (cfg.device != "cpu" and torch.cuda.is_available()):
+        raise UserError("precision=fp16 is not allowed on CPU. Fix: precision=bf16 or fp32")
+
+
+def validate_data(cfg, source, world: int) -> None:
+    """Rules that need the loaded training split."""
+    n = len(source)
+    _require(cfg.batch_size % world == 0, "batch_size", cfg.batch_size,
+             f"must divide evenly over the {world} processes")
+    _require(n >= cfg.batch_size, "batch_size", cfg.batch_size,
+             f"the training split has only {n} images (use a smaller batch or a larger subset)")
+    if cfg.method.name in ("supcon", "supervised"):
+        _require(bool((source.labels >= 0).all()), "method", cfg.method.name,
+                 f"needs labels on every training image, and {cfg.dataset.name} split "
+                 f"'{cfg.dataset.train_split}' has unlabeled ones (use a labelled split)")
+
+
+def check_writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise UserError(f"output directory {folder} is not writable ({e.strerror or e}). "
+                        f"Fix: hydra.run.dir=<a writable folder>") from None
+    if not os.access(folder, os.W_OK):
+        raise UserError(f"output directory {folder} is not writable. "
+                        f"Fix: hydra.run.dir=<a writable folder>")

@@ -1,0 +1,95 @@
+"""Shared fixtures: the repository root, running the real entrypoints in a
+subprocess, and a small real CIFAR-10 folder in the official python layout.
+"""
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+# the smallest settings that still exercise everything: narrow ResNet, few images
+TINY = ["backbone.width=8", "batch_size=16", "epochs=1", "progress=false",
+        "tensorboard=false", "device=cpu", "eval.knn_k=5"]
+
+
+def run(script: str, *overrides: str, cwd=None, timeout: float = 300, env=None,
+        check: bool = True) -> subprocess.CompletedProcess:
+    """Run a top-level script (simclr.py, moco.py, linear_eval.py) as a user would."""
+    e = dict(os.environ, PYTHONPATH=str(REPO), HYDRA_FULL_ERROR="0")
+    e.pop("SLURM_RESTART_COUNT", None)
+    e.update(env or {})
+    args = [sys.executable, str(REPO / script), *overrides]
+    proc = subprocess.run(args, cwd=cwd or REPO, env=e, capture_output=True, text=True,
+                          timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} exited {proc.returncode}\n"
+                             f"--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def write_cifar_layout(out: Path, images: np.ndarray, labels: np.ndarray,
+                       test_images: np.ndarray, test_labels: np.ndarray) -> Path:
+    """Write the official CIFAR-10 python layout (5 train batches + test batch)."""
+    folder = out / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    parts = np.array_split(np.arange(len(images)), 5)
+    for i, idx in enumerate(parts):
+        with open(folder / f"data_batch_{i + 1}", "wb") as f:
+            pickle.dump({"data": images[idx].reshape(len(idx), -1), "labels": labels[idx].tolist()}, f)
+    with open(folder / "test_batch", "wb") as f:
+        pickle.dump({"data": test_images.reshape(len(test_images), -1),
+                     "labels": test_labels.tolist()}, f)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": ["airplane", "automobile", "bird", "cat", "deer", "dog",
+                                     "frog", "horse", "ship", "truck"]}, f)
+    return out
+
+
+def _real_cifar_subset(n_train: int, n_test: int):
+    """The first images of each split of ../shared/data's real CIFAR-10 JPEGs."""
+    import io
+    import tarfile
+    from PIL import Image
+    classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
+               "ship", "truck"]
+    want = {"train": n_train // 10, "test": n_test // 10}
+    got = {(s, c): [] for s in want for c in classes}
+    with tarfile.open(SHARED_DATA / "cifar10-jpeg.tar.gz") as tar:
+        for m in tar:
+            parts = m.name.split("/")
+            if not m.isfile() or len(parts) != 3 or parts[0] not in want:
+                continue
+            bucket = got[(parts[0], parts[1])]
+            if len(bucket) < want[parts[0]]:
+                img = Image.open(io.BytesIO(tar.extractfile(m).read())).convert("RGB")
+                bucket.append(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1))
+            if all(len(v) >= want[s] for (s, _), v in got.items()):
+                break
+    out = {}
+    rng = np.random.RandomState(0)
+    for s in want:
+        x = np.stack([im for c in classes for im in got[(s, c)]])
+        y = np.array([i for i, c in enumerate(classes) for _ in got[(s, c)]])
+        order = rng.permutation(len(y))                    # classes mixed, as the real batches
+        out[s] = (x[order], y[order])
+    return out
+
+
+@pytest.fixture(scope="session")
+def cifar_root(tmp_path_factory) -> Path:
+    """A CIFAR-10 folder (official python layout) with 1000 train / 500 test real images
+    from ../shared/data; synthetic images only where that archive is absent."""
+    out = tmp_path_factory.mktemp("cifar")
+    if (SHARED_DATA / "cifar10-jpeg.tar.gz").exists():
+        d = _real_cifar_subset(1000, 500)
+        return write_cifar_layout(out, *d["train"], *d["test"])
+    rng = np.random.RandomState(0)
+    x = rng.randint(0, 256, (1000, 3, 32, 32), dtype=np.uint8)
+    xt = rng.randint(0, 256, (500, 3, 32, 32), dtype=np.uint8)
+    return write_cifar_layout(out, x, rng.randint(0, 10, 1000), xt, rng.randint(0, 10, 500))

@@ -1,0 +1,96 @@
+"""Composition of every option of every config group, through Hydra itself."""
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+from sslcifar.config import register_configs
+from sslcifar.validate import validate_config
+
+from .conftest import REPO
+
+CONF = REPO / "conf"
+register_configs()
+
+
+def options(group: str):
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def compose_cfg(primary="simclr", overrides=()):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name=primary, overrides=list(overrides))
+
+
+def test_simclr_defaults_match_the_simclr_cifar10_recipe():
+    cfg = compose_cfg(overrides=["backbone=resnet18"])
+    assert cfg.batch_size == 512 and cfg.loss.name == "nt_xent" and cfg.loss.temperature == 0.5
+    o = cfg.optimizer
+    assert (o.name, o.lr, o.lr_scaling, o.momentum, o.nesterov, o.weight_decay) == \
+        ("sgd", 0.3, "linear", 0.9, True, 1e-6)
+    assert cfg.scheduler.name == "cosine" and cfg.scheduler.final_lr == 1e-3
+    assert (cfg.method.proj_hidden_dim, cfg.method.proj_out_dim) == (2048, 128)
+    assert cfg.dataset.name == "cifar10" and cfg.dataset.pipeline == "device"
+    assert OmegaConf.is_struct(cfg)
+
+
+def test_moco_original_command_names_feed_the_method():
+    cfg = compose_cfg("moco", ["backbone=resnet18", "batch_size=256", "moco_k=4096", "moco_t=0.2"])
+    assert cfg.method.name == "moco" and cfg.loss.name == "moco_infonce"
+    assert cfg.method.queue_size == 4096 and cfg.loss.temperature == 0.2
+    assert cfg.method.momentum == 0.99 and cfg.batch_size == 256
+    assert (cfg.optimizer.lr, cfg.optimizer.weight_decay) == (0.06, 5e-4)
+    assert cfg.augment.crop_scale == [0.2, 1.0]
+    cfg = compose_cfg("moco", ["moco_k=1000", "moco_t=0.1", "moco_m=0.9"])
+    assert (cfg.method.queue_size, cfg.loss.temperature, cfg.method.momentum) == (1000, 0.1, 0.9)
+
+
+@pytest.mark.parametrize("group", ["method", "backbone", "loss", "optimizer", "scheduler",
+                                   "dataset", "augment", "experiment"])
+def test_every_option_of_every_group_composes(group):
+    names = options(group)
+    assert names, f"conf/{group} is empty"
+    for name in names:
+        overrides = [f"{group}={name}"]
+        if group == "dataset" and name == "imagefolder":
+            overrides.append("dataset.root=/somewhere")
+        cfg = compose_cfg(overrides=overrides)
+        OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+
+
+@pytest.mark.parametrize("method", options("method"))
+def test_each_method_selects_its_loss_and_validates(method):
+    cfg = compose_cfg(overrides=[f"method={method}"])
+    validate_config(cfg)      # the method's YAML picked the loss that goes with it
+
+
+@pytest.mark.parametrize("experiment", options("experiment"))
+def test_experiments_validate(experiment):
+    validate_config(compose_cfg(overrides=[f"experiment={experiment}"]))
+
+
+def test_misspelt_key_fails_at_composition_naming_it():
+    with pytest.raises(ConfigCompositionException) as e:
+        compose_cfg(overrides=["loss.temprature=0.1"])
+    assert "temprature" in str(e.value) or "temprature" in str(e.value.__cause__)
+
+
+def test_wrong_type_fails_at_composition():
+    with pytest.raises(ConfigCompositionException) as e:
+        compose_cfg(overrides=["batch_size=big"])
+    assert isinstance(e.value.__cause__, ValidationError)
+
+
+def test_unknown_group_option_fails():
+    with pytest.raises(Exception) as e:
+        compose_cfg(overrides=["backbone=resnet1000"])
+    assert "resnet1000" in str(e.value)
+
+
+def test_struct_mode_rejects_new_keys_in_code():
+    cfg = compose_cfg()
+    with pytest.raises(ConfigKeyError):
+        cfg.optimizer.not_a_key = 1
