@@ -32,6 +32,7 @@ from .errors import UserError
 from .knn import knn_evaluate
 from .methods import build_method
 from .metrics import MetricsLog
+from .models import resolve_stem
 from .optim import build_optimizer, scaled_lr
 from .schedule import lr_schedule
 from .validate import check_writable, validate_config, validate_data
@@ -192,7 +193,7 @@ def train(cfg) -> Dict[str, float]:
             log.info("resumed from %s at step %d (epoch %d)", path, step, step // steps_per_epoch)
     if is_main:
         log.info("%s | %s-%s w%d | %s %d train images | batch %d x %d steps/epoch | lr %.4g | "
-                 "%s %s | %d process(es)", cfg.method.name, cfg.backbone.name, cfg.backbone.stem,
+                 "%s %s | %d process(es)", cfg.method.name, cfg.backbone.name, resolve_stem(cfg.backbone.stem, cfg.dataset.size),
                  cfg.backbone.width, cfg.dataset.name, len(train_src), cfg.batch_size,
                  steps_per_epoch, base_lr, device, amp_dtype or "fp32", world)
 

@@ -5,7 +5,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
-from omegaconf.errors import ConfigKeyError, ValidationError
+from omegaconf.errors import ConfigAttributeError, ValidationError
 
 from sslcifar.config import register_configs
 from sslcifar.validate import validate_config
@@ -92,5 +92,5 @@ def test_unknown_group_option_fails():
 
 def test_struct_mode_rejects_new_keys_in_code():
     cfg = compose_cfg()
-    with pytest.raises(ConfigKeyError):
+    with pytest.raises(ConfigAttributeError):
         cfg.optimizer.not_a_key = 1
