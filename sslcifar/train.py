@@ -262,6 +262,8 @@ def train(cfg) -> Dict[str, float]:
         if epoch_end or step == last_step:
             row = _epoch_row(epoch, step, meters, lrs[step - 1], cfg.batch_size * steps_done / elapsed,
                              probe is not None, cfg.batch_size)
+            if not epoch_end:
+                row["partial"] = True       # stopped by max_steps mid-epoch; dropped on resume
             if evaluate:
                 row.update(_knn(cfg, method, train_src, test_src, is_main))
             if is_main:
@@ -364,7 +366,8 @@ def _restore(state, method, optimizer, scaler, probe, metrics, meters) -> int:
     if probe is not None and "probe" in state:
         probe.load_state_dict(state["probe"])
         probe.opt.load_state_dict(state["probe_optimizer"])
-    metrics.restore(state.get("metrics", []))
+    # a row of a run stopped mid-epoch by max_steps is redone when the epoch ends
+    metrics.restore([r for r in state.get("metrics", []) if not r.get("partial")])
     for k, v in state.get("meters", {}).items():
         meters[k] = v.to(meters["seen"].device)
     torch.set_rng_state(state["rng"]["torch"])

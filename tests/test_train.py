@@ -1,0 +1,94 @@
+"""The real entrypoints, run as a user runs them: subprocess, Hydra, real files."""
+import json
+
+import pytest
+import torch
+
+from .conftest import TINY, run
+
+
+def _load(run_dir):
+    return torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+
+
+def _rows(run_dir):
+    rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    for r in rows:
+        r.pop("images_per_s")          # wall-clock, the only field allowed to differ
+    return rows
+
+
+@pytest.mark.slow
+def test_simclr_on_cifar_writes_the_run_directory(tmp_path, cifar_root):
+    out = tmp_path / "run"
+    proc = run("simclr.py", *TINY, f"dataset.root={cifar_root}", "dataset.subset=64",
+               "epochs=2", "tensorboard=true", f"hydra.run.dir={out}")
+    assert "final:" in proc.stdout and "knn_top1=" in proc.stdout
+    assert (out / ".hydra" / "config.yaml").exists()
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1]
+    assert rows[-1]["step"] == 8 and {"loss", "lr", "images_per_s", "knn_top1",
+                                       "online_top1"} <= set(rows[-1])
+    state = _load(out)
+    assert state["step"] == 8 and state["config"]["batch_size"] == 16
+    assert {"model", "optimizer", "scaler", "rng", "metrics"} <= set(state)
+    assert json.loads((out / "done.json").read_text())["finished"] is True
+
+
+@pytest.mark.slow
+def test_resume_mid_epoch_is_bit_identical_to_an_uninterrupted_run(tmp_path, cifar_root):
+    common = [*TINY, f"dataset.root={cifar_root}", "dataset.subset=64", "epochs=2"]
+    full, split = tmp_path / "full", tmp_path / "split"
+    run("simclr.py", *common, f"hydra.run.dir={full}")
+    run("simclr.py", *common, "max_steps=3", f"hydra.run.dir={split}")      # stops mid-epoch 0
+    assert _load(split)["step"] == 3
+    run("simclr.py", *common, "resume=true", f"hydra.run.dir={split}")
+    a, b = _load(full), _load(split)
+    assert a["step"] == b["step"] == 8
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert _rows(full) == _rows(split)
+
+
+def test_resume_without_a_checkpoint_refuses_to_start_over(tmp_path):
+    proc = run("simclr.py", "experiment=demo", *TINY, "resume=true", f"hydra.run.dir={tmp_path}",
+               check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: resume=true but")
+
+
+@pytest.mark.slow
+def test_moco_original_command_runs(tmp_path):
+    out = tmp_path / "moco"
+    proc = run("moco.py", "backbone=resnet18", "batch_size=32", "moco_k=100", "moco_t=0.2",
+               "dataset=spirograph", "dataset.num_train=96", "dataset.num_test=64",
+               *[o for o in TINY if not o.startswith("batch_size")], "epochs=2", "max_steps=4",
+               f"hydra.run.dir={out}")
+    assert "knn_r2=" in proc.stdout
+    state = _load(out)
+    assert state["model"]["queue"].shape == (100, 128)
+    assert int(state["model"]["queue_ptr"]) == (4 * 32) % 100        # wrapped around
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["sogclr", "supcon", "supervised"])
+def test_each_method_runs_from_simclr_py(tmp_path, cifar_root, method):
+    out = tmp_path / method
+    proc = run("simclr.py", f"method={method}", *TINY, f"dataset.root={cifar_root}",
+               "dataset.subset=64", "max_steps=3", f"hydra.run.dir={out}")
+    assert "knn_top1=" in proc.stdout
+    if method == "sogclr":
+        u = _load(out)["model"]["criterion.u"]
+        assert u.shape == (64, 1) and (u > 0).sum() == 3 * 16     # 3 batches of 16 visited
+
+
+@pytest.mark.slow
+def test_multirun_gives_one_directory_per_combination(tmp_path):
+    proc = run("simclr.py", "-m", "experiment=demo", *TINY, "dataset.num_train=64",
+               "dataset.num_test=32", "max_steps=1", "loss.temperature=0.1,0.5",
+               "batch_size=16,32", f"hydra.sweep.dir={tmp_path}/sweep")
+    dirs = sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir())
+    assert len(dirs) == 4, dirs
+    assert any("loss.temperature=0.1" in d and "batch_size=32" in d for d in dirs)
+    assert all((tmp_path / "sweep" / d / "metrics.jsonl").exists() for d in dirs)
