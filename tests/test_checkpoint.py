@@ -1,0 +1,131 @@
+"""Checkpoints under faults: SIGKILL mid-write, truncation, malicious pickles,
+divergence, and kill-and-resume equality."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from sslcifar import checkpoint as ckpt
+from sslcifar.errors import UserError
+
+from .conftest import REPO, TINY, run
+
+
+def _state(i: int) -> dict:
+    return {"step": i, "model": {"w": torch.full((256, 1024), float(i))}}   # 1 MB per save
+
+
+def test_save_last_keeps_the_last_two(tmp_path):
+    for i in range(3):
+        ckpt.save_last(_state(i), tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "prev.pt"]
+    assert ckpt.load(tmp_path / "last.pt")["step"] == 2
+    assert ckpt.load(tmp_path / "prev.pt")["step"] == 1
+
+
+WRITER = """
+import sys, torch
+from sslcifar import checkpoint as ckpt
+i = 0
+while True:
+    ckpt.save_last({"step": i, "model": {"w": torch.full((512, 1024), float(i))}}, sys.argv[1])
+    i += 1
+    print(i, flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_sigkill_during_writes_always_leaves_a_loadable_checkpoint(tmp_path):
+    for trial in range(6):
+        folder = tmp_path / str(trial)
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(folder)], stdout=subprocess.PIPE,
+                                text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
+        proc.stdout.readline()                       # at least one save finished
+        time.sleep(0.05 + 0.07 * trial)              # then die somewhere in a later write
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        state, path = ckpt.load_latest(folder)
+        assert state is not None, list(folder.iterdir())
+        assert torch.equal(state["model"]["w"], torch.full((512, 1024), float(state["step"])))
+
+
+def test_truncated_checkpoint_names_the_file_and_falls_back(tmp_path, caplog):
+    ckpt.save_last(_state(1), tmp_path)
+    ckpt.save_last(_state(2), tmp_path)
+    last = tmp_path / "last.pt"
+    last.write_bytes(last.read_bytes()[:5000])          # cut by a crash or a full disk
+    with pytest.raises(UserError, match=f"checkpoint {last} is truncated or corrupt"):
+        ckpt.load(last)
+    state, path = ckpt.load_latest(tmp_path)
+    assert path.name == "prev.pt" and state["step"] == 1
+    assert "resuming from the previous good checkpoint" in caplog.text
+    (tmp_path / "prev.pt").write_bytes(b"garbage")
+    with pytest.raises(UserError, match="no loadable checkpoint"):
+        ckpt.load_latest(tmp_path)
+
+
+class _Exploit:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_malicious_pickle_is_refused_and_nothing_runs(tmp_path):
+    marker = tmp_path / "pwned"
+    bad = tmp_path / "last.pt"
+    torch.save({"step": 1, "model": _Exploit(marker)}, bad)
+    with pytest.raises(UserError, match="refused: it holds objects other than tensors"):
+        ckpt.load(bad)
+    assert not marker.exists()
+
+
+@pytest.mark.slow
+def test_diverging_run_stops_naming_epoch_and_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    common = ["experiment=demo", *TINY, "dataset.num_train=64", "dataset.num_test=32",
+              "epochs=4", "log_every=1", f"hydra.run.dir={out}"]
+    run("simclr.py", *common, "max_steps=4")                           # one good epoch saved
+    good = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    proc = run("simclr.py", *common, "resume=true", "optimizer.lr=1e30", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    # step 5 still uses the good weights; its update with lr 1e30 makes step 6's loss NaN
+    assert line.startswith("error: loss is nan at epoch 1 step 6"), line
+    kept = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    assert kept["step"] == good["step"] == 4
+    assert all(torch.equal(kept["model"][k], good["model"][k]) for k in good["model"])
+
+
+@pytest.mark.slow
+def test_sigkill_at_an_arbitrary_step_then_resume_matches_an_uninterrupted_run(tmp_path, cifar_root):
+    common = [*TINY, f"dataset.root={cifar_root}", "dataset.subset=64", "epochs=3", "log_every=1"]
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    run("simclr.py", *common, f"hydra.run.dir={full}")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, str(REPO / "simclr.py"), *common,
+                             f"hydra.run.dir={killed}"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (killed / "checkpoints" / "last.pt").exists():    # first epoch saved ...
+        assert time.time() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    time.sleep(0.3)                                              # ... then die mid-epoch
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "done.json").exists()
+    run("simclr.py", *common, "resume=true", f"hydra.run.dir={killed}")
+    a = torch.load(full / "checkpoints" / "last.pt", weights_only=True)
+    b = torch.load(killed / "checkpoints" / "last.pt", weights_only=True)
+    assert a["step"] == b["step"] == 12
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    ra = [json.loads(l) for l in (full / "metrics.jsonl").read_text().splitlines()]
+    rb = [json.loads(l) for l in (killed / "metrics.jsonl").read_text().splitlines()]
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "images_per_s"} for r in rows]  # noqa
+    assert strip(ra) == strip(rb)

@@ -1,0 +1,81 @@
+"""User errors end with one clear line naming the problem and the fix, a
+non-zero exit, no traceback, and nothing already saved is lost."""
+import pytest
+
+from .conftest import TINY, run
+
+
+def _user_error(proc):
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ")
+    return last
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("batch_size=0", "batch_size=0 is not allowed"),
+    ("batch_size=1", "batch_size=1 is not allowed: needs >= 2 for a contrastive loss"),
+    ("loss.temperature=0", "loss.temperature=0.0 is not allowed: needs > 0"),
+    ("optimizer.lr=-0.1", "optimizer.lr=-0.1 is not allowed"),
+    ("dataset.size=4", "dataset.size=4 is not allowed: the cifar stem needs images of at least 8px"),
+    ("method=supcon", "method=supcon is not allowed: needs labels"),
+    ("method=supervised", "method=supervised is not allowed: needs labels"),
+    ("loss=supcon", "loss=supcon is not allowed: method=simclr trains with loss=nt_xent"),
+    ("precision=fp16", "precision=fp16 is not allowed on CPU"),
+    ("augment.crop_scale=[0.5,0.1]", "augment.crop_scale=[0.5, 0.1] is not allowed"),
+    ("dataset.pipeline=dali", "dataset.pipeline=dali is not allowed: use one of device, torchvision"),
+    ("batch_size=5000", "batch_size=5000 is not allowed: the training split has only 64 images"),
+])
+def test_invalid_values_are_rejected_before_training(tmp_path, override, expected):
+    proc = run("simclr.py", "experiment=demo", *TINY, "dataset.num_train=64", "dataset.num_test=32",
+               override, f"hydra.run.dir={tmp_path}", check=False)
+    assert expected in _user_error(proc)
+    assert not (tmp_path / "checkpoints").exists()          # no training started
+
+
+def test_moco_queue_smaller_than_batch(tmp_path):
+    proc = run("moco.py", "dataset=spirograph", *TINY, "moco_k=8", f"hydra.run.dir={tmp_path}",
+               check=False)
+    assert "moco_k (method.queue_size)=8 is not allowed: needs >= the keys enqueued per step (16)" \
+        in _user_error(proc)
+
+
+def test_missing_cifar_says_where_it_looked_and_how_to_fix(tmp_path):
+    proc = run("simclr.py", *TINY, f"dataset.root={tmp_path}/nothing", f"hydra.run.dir={tmp_path}/r",
+               check=False)
+    line = _user_error(proc)
+    assert f"{tmp_path}/nothing/cifar-10-batches-py" in line and "dataset.download=true" in line
+
+
+def test_empty_imagefolder(tmp_path):
+    (tmp_path / "imgs" / "cat").mkdir(parents=True)
+    proc = run("simclr.py", "dataset=imagefolder", f"dataset.root={tmp_path}/imgs", *TINY,
+               f"hydra.run.dir={tmp_path}/r", check=False)
+    assert "no images found under" in _user_error(proc)
+
+
+def test_subset_larger_than_the_dataset(tmp_path, cifar_root):
+    proc = run("simclr.py", *TINY, f"dataset.root={cifar_root}", "dataset.subset=100000",
+               f"hydra.run.dir={tmp_path}", check=False)
+    assert "dataset.subset=100000 is larger than the cifar10 training split (1000 images)" \
+        in _user_error(proc)
+
+
+def test_unwritable_run_dir(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    proc = run("simclr.py", "experiment=demo", *TINY, f"run_dir={blocker}/run",
+               f"hydra.run.dir={tmp_path}/h", check=False)
+    assert f"output directory {blocker}/run is not writable" in _user_error(proc)
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("loss.temprature=0.1", "temprature"),              # misspelt key: Hydra names it
+    ("batch_size=big", "batch_size"),                   # wrong type
+    ("backbone=resnet1000", "resnet1000"),              # unknown group option
+])
+def test_composition_errors_name_the_key(tmp_path, override, needle):
+    proc = run("simclr.py", override, f"hydra.run.dir={tmp_path}", check=False)
+    assert proc.returncode != 0
+    assert needle in proc.stderr and "Traceback" not in proc.stderr
