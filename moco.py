@@ -7,7 +7,7 @@ Outputs go to Hydra's run directory (outputs/moco/<date>_<time>/).
 """
 import hydra
 
-from sslcifar.cli import report_user_errors
+from sslcifar.cli import pin_torchrun_run_dir, report_user_errors
 from sslcifar.train import train
 
 
@@ -18,4 +18,5 @@ def main(cfg):
 
 
 if __name__ == "__main__":
+    pin_torchrun_run_dir()
     main()

@@ -21,3 +21,15 @@ def report_user_errors(fn):
             print(f"error: {e}", file=sys.stderr, flush=True)
             sys.exit(2)
     return wrapper
+
+
+def pin_torchrun_run_dir() -> None:
+    """torchrun starts one process per GPU and each would resolve ${now} itself,
+    possibly a second apart: all ranks must share one run directory. Unless the
+    user named one, use the rendezvous id that torchrun gives every rank."""
+    import os
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID", "none")
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or run_id == "none" \
+            or any(a.startswith(("hydra.run.dir=", "-m", "--multirun")) for a in sys.argv[1:]):
+        return
+    sys.argv.append(f"hydra.run.dir=outputs/${{hydra:job.config_name}}/torchrun_{run_id}")

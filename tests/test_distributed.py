@@ -1,0 +1,142 @@
+"""torch.distributed with gloo across 2 real processes: the global-batch losses
+give the same loss and gradients as one process holding the whole batch.
+
+BatchNorm is put in eval mode for the equality checks: per-rank batch
+statistics differ from whole-batch ones by design (use backbone.sync_bn=true
+on GPUs, where SyncBatchNorm exists); everything else is the real method.
+"""
+import os
+import socket
+import sys
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from sslcifar.methods import build_method
+
+from .conftest import REPO, run
+from .test_config import compose_cfg
+
+pytestmark = pytest.mark.dist
+B = 8            # global batch; each of the 2 ranks holds 4
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _inputs(num_views=2):
+    g = torch.Generator().manual_seed(0)
+    views = [torch.randn(B, 3, 16, 16, generator=g, dtype=torch.float64) for _ in range(num_views)]
+    index = torch.tensor([5, 1, 7, 3, 0, 6, 2, 4])
+    labels = torch.tensor([0, 1, 0, 1, 2, 2, 0, 1])
+    return views, index, labels
+
+
+def _model(method: str):
+    primary = "moco" if method == "moco" else "simclr"
+    over = [f"method={method}", "backbone.width=4", "dataset.size=16"]
+    over += ["moco_k=24"] if method == "moco" else []
+    cfg = compose_cfg(primary, over)
+    torch.manual_seed(0)
+    return build_method(cfg, num_train=B, num_classes=3).double()
+
+
+def _step(model, views, index, labels, steps=1):
+    """One or more SGD steps; returns (first loss, grads of the first step, model)."""
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    loss0, grads0 = None, None
+    for s in range(steps):
+        out = model(views, index, labels)
+        opt.zero_grad()
+        out["loss"].backward()
+        if s == 0:
+            loss0 = out["loss"].detach()
+            grads0 = {n: p.grad.detach().clone() for n, p in model.named_parameters()
+                      if p.grad is not None}
+        opt.step()
+    return loss0, grads0
+
+
+def _worker(rank, world, port, method, steps, out_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    model = _model(method)
+    model.eval() if method != "moco" else model.train()
+    ddp = torch.nn.parallel.DistributedDataParallel(model, broadcast_buffers=False)
+    views, index, labels = _inputs()
+    b = B // world
+    sl = slice(rank * b, (rank + 1) * b)
+    loss, grads = _step(ddp, [v[sl] for v in views], index[sl], labels[sl], steps)
+    grads = {n.removeprefix("module."): g for n, g in grads.items()}
+    torch.save({"loss": loss, "grads": grads, "buffers": dict(model.named_buffers())},
+               os.path.join(out_dir, f"rank{rank}.pt"))
+    dist.destroy_process_group()
+
+
+def _spawn(method, tmp_path, steps=1):
+    mp.spawn(_worker, args=(2, _free_port(), method, steps, str(tmp_path)), nprocs=2, join=True)
+    return [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+
+
+@pytest.mark.parametrize("method", ["simclr", "supcon", "sogclr"])
+def test_two_ranks_equal_one_process_with_the_whole_batch(tmp_path, method):
+    ranks = _spawn(method, tmp_path)
+    model = _model(method).eval()
+    loss, grads = _step(model, *_inputs())
+    for r in ranks:
+        torch.testing.assert_close(r["loss"], loss, atol=1e-10, rtol=1e-10)
+        assert r["grads"].keys() == grads.keys()
+        for n in grads:
+            torch.testing.assert_close(r["grads"][n], grads[n], atol=1e-10, rtol=1e-8, msg=n)
+    if method == "sogclr":
+        u = dict(model.named_buffers())["criterion.u"]
+        for r in ranks:
+            assert torch.equal(r["buffers"]["criterion.u"], u)
+
+
+def test_moco_queues_identical_on_both_ranks_after_several_steps(tmp_path):
+    r0, r1 = _spawn("moco", tmp_path, steps=4)
+    assert torch.equal(r0["buffers"]["queue"], r1["buffers"]["queue"])
+    assert int(r0["buffers"]["queue_ptr"]) == int(r1["buffers"]["queue_ptr"]) == (4 * B) % 24
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_write_one_run(tmp_path):
+    out = tmp_path / "run"
+    import subprocess
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         str(REPO / "simclr.py"), "experiment=demo", "backbone.width=8", "batch_size=32",
+         "dataset.num_train=128", "dataset.num_test=64", "epochs=1", "progress=false",
+         "tensorboard=false", "device=cpu", "eval.knn_k=5", f"hydra.run.dir={out}"],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("final:") == 1                 # only rank 0 reports
+    rows = (out / "metrics.jsonl").read_text().splitlines()
+    assert len(rows) == 1                                   # only rank 0 writes metrics
+    state = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    assert state["step"] == 4 and state["config"]["batch_size"] == 32
+    assert "2 process(es)" in (out / "simclr.log").read_text()
+
+
+@pytest.mark.slow
+def test_torchrun_without_a_run_dir_still_writes_one_run(tmp_path):
+    import subprocess
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         str(REPO / "simclr.py"), "experiment=demo", "backbone.width=8", "batch_size=32",
+         "dataset.num_train=64", "dataset.num_test=32", "max_steps=1", "progress=false",
+         "tensorboard=false", "device=cpu", "eval.knn_k=5"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = list((tmp_path / "outputs" / "simclr").iterdir())
+    assert len(runs) == 1 and runs[0].name.startswith("torchrun_")
+    assert (runs[0] / "metrics.jsonl").exists()
