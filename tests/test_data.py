@@ -1,0 +1,119 @@
+"""Data sets read from real files in their official layouts, and the batch order."""
+import io
+import logging
+import pickle
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+
+from sslcifar.data.datasets import load_cifar, load_imagefolder, load_stl10
+from sslcifar.data.loader import DeviceBatches, TorchvisionBatches, epoch_order, torchvision_transform
+from sslcifar.data.sources import ImageSource, SpirographSource
+from sslcifar.data.augment import BatchAugment, BatchNormalize
+from sslcifar.errors import UserError
+
+from .conftest import SHARED_DATA
+from .test_config import compose_cfg
+
+
+def test_cifar_python_layout_loads_with_a_checksum_warning(cifar_root, caplog):
+    with caplog.at_level(logging.WARNING):
+        train = load_cifar("cifar10", str(cifar_root), "train", download=False)
+    assert "differ from the official checksums" in caplog.text
+    assert train.images.shape == (1000, 3, 32, 32) and train.images.dtype == torch.uint8
+    assert train.labels.min() == 0 and train.labels.max() == 9 and len(train.classes) == 10
+    test = load_cifar("cifar10", str(cifar_root), "test", download=False)
+    assert len(test) == 500
+    # pixels are the layout's channel planes: row 0 of data = R plane of image 0
+    with open(cifar_root / "cifar-10-batches-py" / "data_batch_1", "rb") as f:
+        raw = pickle.load(f)["data"][0]
+    assert torch.equal(train.images[0].flatten(), torch.from_numpy(raw))
+
+
+def test_cifar100_fine_labels(tmp_path):
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    rng = np.random.RandomState(0)
+    for split, n in (("train", 20), ("test", 10)):
+        with open(folder / split, "wb") as f:
+            pickle.dump({"data": rng.randint(0, 256, (n, 3072), dtype=np.uint8),
+                         "fine_labels": list(range(n)), "coarse_labels": [0] * n}, f)
+    d = load_cifar("cifar100", str(tmp_path), "train", download=False)
+    assert d.labels.tolist() == list(range(20)) and d.images.shape == (20, 3, 32, 32)
+
+
+def test_stl10_binary_layout_is_column_major(tmp_path):
+    folder = tmp_path / "stl10_binary"
+    folder.mkdir()
+    rng = np.random.RandomState(0)
+    img = rng.randint(0, 256, (3, 3, 96, 96), dtype=np.uint8)        # N, C, H, W
+    img.transpose(0, 1, 3, 2).tofile(folder / "train_X.bin")         # stored column-major
+    np.array([1, 2, 10], dtype=np.uint8).tofile(folder / "train_y.bin")
+    img[:2].transpose(0, 1, 3, 2).tofile(folder / "unlabeled_X.bin")
+    d = load_stl10(str(tmp_path), "train+unlabeled", download=False)
+    assert torch.equal(d.images[:3], torch.from_numpy(img))
+    assert d.labels.tolist() == [0, 1, 9, -1, -1]
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "cifar10-jpeg.tar.gz").exists(), reason="no shared data")
+def test_imagefolder_of_real_jpegs(tmp_path):
+    with tarfile.open(SHARED_DATA / "cifar10-jpeg.tar.gz") as tar:
+        n = {"cat": 0, "dog": 0}
+        for m in tar:
+            parts = m.name.split("/")
+            if m.isfile() and len(parts) == 3 and parts[0] == "train" and parts[1] in n \
+                    and n[parts[1]] < 5:
+                (tmp_path / "train" / parts[1]).mkdir(parents=True, exist_ok=True)
+                (tmp_path / "train" / parts[1] / parts[2]).write_bytes(tar.extractfile(m).read())
+                n[parts[1]] += 1
+            if min(n.values()) >= 5:
+                break
+    d = load_imagefolder(str(tmp_path), "train", size=24)
+    assert d.images.shape == (10, 3, 24, 24) and d.classes == ["cat", "dog"]
+    assert d.labels.tolist() == [0] * 5 + [1] * 5
+    assert d.images.float().std() > 10                       # real pictures, not blank
+    with pytest.raises(UserError, match="no images found"):
+        (tmp_path / "empty" / "x").mkdir(parents=True)
+        load_imagefolder(str(tmp_path / "empty"), "train", size=24)
+
+
+def test_epoch_order_is_a_permutation_that_changes_per_epoch():
+    a = epoch_order(50, 8, seed=0, epoch=0, device=torch.device("cpu"))
+    b = epoch_order(50, 8, seed=0, epoch=1, device=torch.device("cpu"))
+    assert a.shape == (6, 8) and len(set(a.flatten().tolist())) == 48
+    assert not torch.equal(a, b)
+    assert torch.equal(a, epoch_order(50, 8, seed=0, epoch=0, device=torch.device("cpu")))
+
+
+def test_device_batches_resume_at_any_step_and_split_over_ranks():
+    src = SpirographSource(64, seed=0, device=torch.device("cpu"), mean=[0.5] * 3, std=[0.5] * 3)
+    whole = list(DeviceBatches(src, 16, 2, seed=3, rank=0, world=1).epoch(2))
+    later = list(DeviceBatches(src, 16, 2, seed=3, rank=0, world=1).epoch(2, start_step=2))
+    assert len(whole) == 4 and len(later) == 2
+    for (v1, i1, _), (v2, i2, _) in zip(whole[2:], later):
+        assert torch.equal(i1, i2) and all(torch.equal(a, b) for a, b in zip(v1, v2))
+    r0 = list(DeviceBatches(src, 16, 2, seed=3, rank=0, world=2).epoch(2))
+    r1 = list(DeviceBatches(src, 16, 2, seed=3, rank=1, world=2).epoch(2))
+    for (_, i, _), (_, a, _), (_, b, _) in zip(whole, r0, r1):
+        assert torch.equal(torch.cat([a, b]), i)             # 2 ranks x 8 = 1 x 16, same images
+
+
+def test_torchvision_pipeline_sees_the_same_batches(cifar_root):
+    cfg = compose_cfg(overrides=[f"dataset.root={cifar_root}"])
+    data = load_cifar("cifar10", str(cifar_root), "train", download=False).first(64)
+    src = ImageSource(data, torch.device("cpu"), BatchAugment(32, cfg.dataset.mean, cfg.dataset.std),
+                      BatchNormalize(32, cfg.dataset.mean, cfg.dataset.std))
+    tf = torchvision_transform(32, cfg.dataset.mean, cfg.dataset.std, cfg.augment)
+    tv = list(TorchvisionBatches(src, tf, 16, 2, seed=0, rank=0, world=1, num_workers=0,
+                                 device=torch.device("cpu")).epoch(0))
+    dev = [(i, y) for _, i, y in DeviceBatches(src, 16, 2, seed=0, rank=0, world=1).epoch(0)]
+    assert len(tv) == len(dev) == 4
+    for (views, i, y), (i2, y2) in zip(tv, dev):
+        assert torch.equal(i, i2) and torch.equal(y, y2)
+        assert len(views) == 2 and views[0].shape == (16, 3, 32, 32)
+        assert not torch.equal(views[0], views[1])
+    again = list(TorchvisionBatches(src, tf, 16, 2, seed=0, rank=0, world=1, num_workers=2,
+                                    device=torch.device("cpu")).epoch(0))
+    assert all(torch.equal(a[0][0], b[0][0]) for a, b in zip(tv, again))   # seeded per image
