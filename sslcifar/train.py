@@ -217,13 +217,8 @@ def train(cfg) -> Dict[str, float]:
                 group["lr"] = lrs[step]
             if cfg.channels_last:
                 views = [v.contiguous(memory_format=torch.channels_last) for v in views]
-            with autocast:
-                out = step_fn(views, index, labels)
+            out = train_step(step_fn, optimizer, scaler, autocast, views, index, labels)
             loss = out["loss"]
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
             if probe is not None:
                 meters["probe_correct"] += probe.step(out["features"], labels)
             step += 1
@@ -293,6 +288,18 @@ def train(cfg) -> Dict[str, float]:
 
 
 # ---------------------------------------------------------------------- helpers of the loop
+
+def train_step(model, optimizer, scaler, autocast, views, index, labels) -> dict:
+    """Forward under autocast, backward (loss-scaled for fp16), optimizer step.
+    No host-device synchronisation: the loss stays a device tensor."""
+    with autocast:
+        out = model(views, index, labels)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(out["loss"]).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return out
+
 
 def _requeued() -> bool:
     """A SLURM job started again after preemption/requeue resumes by itself."""
