@@ -9,6 +9,7 @@ Reading: `torch.load(weights_only=True)` only: tensors and plain Python data.
 A file crafted to run code when unpickled is refused, with nothing executed.
 A truncated or corrupt `last.pt` falls back to `prev.pt`, saying so.
 """
+import io
 import logging
 import os
 import pickle
@@ -40,9 +41,13 @@ def atomic_save(state: dict, path: Path) -> None:
     """torch.save to `path` such that `path` is either the old or the new file, never partial."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    # serialise in memory first: a full disk then surfaces as a plain OSError (ENOSPC)
+    # from write(), not as an opaque error from inside torch's zip writer
+    buf = io.BytesIO()
+    torch.save(state, buf)
     try:
         with open(tmp, "wb") as f:
-            torch.save(state, f)
+            f.write(buf.getbuffer())
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -129,3 +129,32 @@ def test_sigkill_at_an_arbitrary_step_then_resume_matches_an_uninterrupted_run(t
     rb = [json.loads(l) for l in (killed / "metrics.jsonl").read_text().splitlines()]
     strip = lambda rows: [{k: v for k, v in r.items() if k != "images_per_s"} for r in rows]  # noqa
     assert strip(ra) == strip(rb)
+
+
+@pytest.fixture
+def tiny_fs(tmp_path):
+    """A 600 kB tmpfs: a real 'No space left on device' (needs root to mount)."""
+    mnt = tmp_path / "tinyfs"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(mnt)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    yield mnt
+    subprocess.run(["umount", str(mnt)])
+
+
+def test_disk_full_keeps_the_previous_checkpoint(tiny_fs):
+    small = {"step": 1, "model": {"w": torch.zeros(10)}}
+    ckpt.save_last(small, tiny_fs)
+    with pytest.raises(UserError, match="could not write checkpoint .*No space left on device"):
+        ckpt.save_last({"step": 2, "model": {"w": torch.zeros(400_000)}}, tiny_fs)   # 1.6 MB
+    assert sorted(p.name for p in tiny_fs.iterdir()) == ["last.pt"]       # no partial file left
+    assert ckpt.load(tiny_fs / "last.pt")["step"] == 1
+
+
+def test_training_into_a_full_disk_is_one_clear_error(tiny_fs, tmp_path):
+    proc = run("simclr.py", "experiment=demo", *TINY, "dataset.num_train=32",
+               "dataset.num_test=16", f"run_dir={tiny_fs}/run", f"hydra.run.dir={tmp_path}/h",
+               check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "No space left on device" in proc.stderr.strip().splitlines()[-1]
