@@ -92,3 +92,20 @@ def test_multirun_gives_one_directory_per_combination(tmp_path):
     assert len(dirs) == 4, dirs
     assert any("loss.temperature=0.1" in d and "batch_size=32" in d for d in dirs)
     assert all((tmp_path / "sweep" / d / "metrics.jsonl").exists() for d in dirs)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("option", ["precision=bf16", "channels_last=true", "compile=true",
+                                    "dataset.pipeline=torchvision", "optimizer=lars",
+                                    "optimizer=adamw", "scheduler=constant",
+                                    "scheduler.warmup_epochs=1", "checkpoint_every=1",
+                                    "eval.online_probe=false", "augment=moco_v2"])
+def test_options_run_end_to_end(tmp_path, cifar_root, option):
+    out = tmp_path / "run"
+    proc = run("simclr.py", *TINY, f"dataset.root={cifar_root}", "dataset.subset=32", option,
+               f"hydra.run.dir={out}")
+    assert "final:" in proc.stdout
+    if option == "checkpoint_every=1":
+        assert (out / "checkpoints" / "epoch_1.pt").exists()
+    if option == "eval.online_probe=false":
+        assert "online_top1" not in (out / "metrics.jsonl").read_text()
