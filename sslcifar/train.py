@@ -234,7 +234,7 @@ def train(cfg) -> Dict[str, float]:
                     or stop.signum is not None:
                 _check_finite(pending, step, steps_per_epoch, ckpt_dir)
                 if bar is not None:
-                    bar.update(len(pending))
+                    bar.update(len(pending) * cfg.batch_size)
                     bar.set_postfix(loss=f"{pending[-1].item():.4f}", lr=f"{lrs[step - 1]:.4g}")
                 metrics.scalar("train/loss", pending[-1].item(), step)
                 metrics.scalar("train/lr", lrs[step - 1], step)
@@ -346,7 +346,10 @@ def _progress(cfg, is_main, epoch, start, total):
     if not (cfg.progress and is_main):
         return None
     from tqdm import tqdm
-    return tqdm(total=total, initial=start, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True)
+    # counted in images, so the bar's rate reads as images/s (global batch)
+    b = cfg.batch_size
+    return tqdm(total=total * b, initial=start * b, desc=f"epoch {epoch}", unit="img",
+                unit_scale=True, leave=False, dynamic_ncols=True)
 
 
 def _state(cfg, step, method, optimizer, scaler, probe, metrics, meters) -> dict:
