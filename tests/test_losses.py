@@ -1,0 +1,239 @@
+"""Every loss against an independent naive implementation written here, and
+against the analytic values of the papers' formulas."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sslcifar.losses import SogCLRLoss, moco_infonce, nt_xent, supcon
+
+
+# ------------------------------------------------------------------ NT-Xent
+
+def naive_nt_xent(z1, z2, T):
+    z = [F.normalize(v, dim=0) for v in torch.cat([z1, z2]).double()]
+    n = len(z1)
+    total = 0.0
+    for i in range(2 * n):
+        j = (i + n) % (2 * n)
+        denom = sum(math.exp(float(z[i] @ z[k]) / T) for k in range(2 * n) if k != i)
+        total += -math.log(math.exp(float(z[i] @ z[j]) / T) / denom)
+    return total / (2 * n)
+
+
+@pytest.mark.parametrize("n, d, T", [(2, 3, 0.5), (5, 8, 0.1), (8, 16, 1.0), (3, 4, 0.07)])
+def test_nt_xent_matches_a_naive_loop(n, d, T):
+    g = torch.Generator().manual_seed(n * d)
+    z1, z2 = torch.randn(n, d, generator=g, dtype=torch.float64), torch.randn(n, d, generator=g, dtype=torch.float64)
+    assert nt_xent(z1, z2, T).item() == pytest.approx(naive_nt_xent(z1, z2, T), rel=1e-5)
+
+
+@pytest.mark.parametrize("n", [1, 4, 32])
+def test_nt_xent_analytic_value_when_all_embeddings_are_equal(n):
+    z = torch.ones(n, 8)
+    assert nt_xent(z, z, 0.5).item() == pytest.approx(math.log(2 * n - 1), abs=1e-5)
+
+
+def test_nt_xent_is_scale_invariant_symmetric_and_has_finite_gradients():
+    g = torch.Generator().manual_seed(0)
+    z1 = torch.randn(6, 8, generator=g, requires_grad=True)
+    z2 = torch.randn(6, 8, generator=g)
+    loss = nt_xent(z1, z2, 0.2)
+    assert loss.item() == pytest.approx(nt_xent(3 * z1, 0.5 * z2, 0.2).item(), rel=1e-5)
+    assert loss.item() == pytest.approx(nt_xent(z2, z1, 0.2).item(), rel=1e-5)
+    loss.backward()
+    assert torch.isfinite(z1.grad).all()
+
+
+def test_nt_xent_under_bf16_autocast_stays_close():
+    g = torch.Generator().manual_seed(1)
+    z1, z2 = torch.randn(16, 32, generator=g), torch.randn(16, 32, generator=g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = nt_xent(z1.bfloat16(), z2.bfloat16(), 0.5)
+    assert low.dtype == torch.float32
+    assert low.item() == pytest.approx(nt_xent(z1, z2, 0.5).item(), rel=2e-2)
+
+
+@pytest.mark.parametrize("fn", [lambda T: nt_xent(torch.ones(2, 2), torch.ones(2, 2), T),
+                                lambda T: supcon(torch.ones(2, 2, 2), None, T),
+                                lambda T: moco_infonce(torch.ones(2, 2), torch.ones(2, 2), torch.ones(3, 2), T),
+                                lambda T: SogCLRLoss(4, 0.9, T)])
+@pytest.mark.parametrize("T", [0.0, -0.5])
+def test_bad_temperature_is_a_value_error(fn, T):
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        fn(T)
+
+
+# ------------------------------------------------------------------ SupCon
+
+def naive_supcon(features, labels, T, base_T):
+    n, v, _ = features.shape
+    feats = [features[i, a].double() for a in range(v) for i in range(n)]
+    labs = [int(labels[i]) for _ in range(v) for i in range(n)]
+    losses = []
+    for a in range(n * v):
+        others = [k for k in range(n * v) if k != a]
+        pos = [p for p in others if labs[p] == labs[a]]
+        if not pos:
+            continue
+        log_denom = math.log(sum(math.exp(float(feats[a] @ feats[k]) / T) for k in others))
+        mean = sum(float(feats[a] @ feats[p]) / T - log_denom for p in pos) / len(pos)
+        losses.append(-(T / base_T) * mean)
+    return sum(losses) / len(losses)
+
+
+@pytest.mark.parametrize("n, v, classes, T, base", [(6, 2, 3, 0.1, 0.07), (5, 3, 2, 0.5, 0.5),
+                                                    (4, 1, 2, 0.07, 0.07), (8, 2, 8, 0.2, 0.07)])
+def test_supcon_matches_a_naive_loop(n, v, classes, T, base):
+    g = torch.Generator().manual_seed(n + v)
+    f = F.normalize(torch.randn(n, v, 6, generator=g, dtype=torch.float64), dim=2)
+    labels = torch.arange(n) % classes
+    assert supcon(f, labels, T, base).item() == pytest.approx(naive_supcon(f, labels, T, base), rel=1e-5)
+
+
+def test_supcon_without_labels_is_simclr():
+    g = torch.Generator().manual_seed(3)
+    z1, z2 = torch.randn(7, 8, generator=g), torch.randn(7, 8, generator=g)
+    f = F.normalize(torch.stack([z1, z2], 1), dim=2)
+    assert supcon(f, None, 0.5, 0.5).item() == pytest.approx(nt_xent(z1, z2, 0.5).item(), rel=1e-5)
+    assert supcon(f, torch.arange(7), 0.5, 0.5).item() == pytest.approx(supcon(f, None, 0.5, 0.5).item())
+    # the T / base_T factor scales the loss linearly
+    assert supcon(f, None, 0.5, 0.07).item() == pytest.approx(0.5 / 0.07 * nt_xent(z1, z2, 0.5).item(), rel=1e-5)
+
+
+def test_supcon_anchors_without_positives_are_left_out():
+    g = torch.Generator().manual_seed(4)
+    f = F.normalize(torch.randn(3, 1, 4, generator=g), dim=2)
+    labels = torch.tensor([0, 0, 1])          # sample 2 has no positive with V=1
+    expected = naive_supcon(f, labels, 0.1, 0.07)
+    assert supcon(f, labels, 0.1, 0.07).item() == pytest.approx(expected, rel=1e-5)
+    none = supcon(f, torch.tensor([0, 1, 2]), 0.1, 0.07)
+    assert none.item() == 0 and torch.isfinite(none)
+
+
+def test_supcon_falls_under_sgd():
+    g = torch.Generator().manual_seed(5)
+    emb = torch.randn(8, 2, 16, generator=g, requires_grad=True)
+    labels = torch.arange(8) % 2
+    opt = torch.optim.SGD([emb], lr=0.5)
+    losses = []
+    for _ in range(20):
+        loss = supcon(F.normalize(emb, dim=2), labels, 0.1)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.8 * losses[0]
+
+
+# ------------------------------------------------------------------ MoCo
+
+def test_moco_infonce_matches_a_naive_loop_and_keeps_keys_constant():
+    g = torch.Generator().manual_seed(6)
+    q = F.normalize(torch.randn(4, 8, generator=g, dtype=torch.float64), dim=1).requires_grad_()
+    k = F.normalize(torch.randn(4, 8, generator=g, dtype=torch.float64), dim=1).requires_grad_()
+    queue = F.normalize(torch.randn(10, 8, generator=g, dtype=torch.float64), dim=1).requires_grad_()
+    T = 0.2
+    expected = 0.0
+    for i in range(4):
+        pos = math.exp(float(q[i].detach() @ k[i].detach()) / T)
+        neg = sum(math.exp(float(q[i].detach() @ queue[j].detach()) / T) for j in range(10))
+        expected += -math.log(pos / (pos + neg)) / 4
+    loss = moco_infonce(q, k, queue, T)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    loss.backward()
+    assert q.grad is not None and k.grad is None and queue.grad is None
+
+
+def test_moco_infonce_analytic_value():
+    x = F.normalize(torch.ones(3, 4), dim=1)
+    assert moco_infonce(x, x, x.repeat(5, 1)[:12], 0.2).item() == pytest.approx(math.log(13), abs=1e-5)
+
+
+# ------------------------------------------------------------------ SogCLR
+
+class NaiveSogCLR:
+    """The original's formulas, one anchor at a time, in float64."""
+
+    def __init__(self, n, gamma, T):
+        self.u = [0.0] * n
+        self.gamma, self.T = gamma, T
+
+    def step(self, z1, z2, index):
+        """Returns the surrogate loss (autograd-capable) and the reported value."""
+        h1, h2 = F.normalize(z1, dim=1), F.normalize(z2, dim=1)
+        b = len(index)
+        gamma = 1.0 if sum(self.u[int(i)] for i in index) == 0 else self.gamma
+        new_u, surrogate, reported = [], 0.0, 0.0
+        for i in range(b):
+            terms = []
+            for anchor, other in ((h1, h2), (h2, h1)):
+                negs = [anchor[i] @ other[j] for j in range(b) if j != i] + \
+                       [anchor[i] @ anchor[j] for j in range(b) if j != i]
+                g = sum(torch.exp(s.detach() / self.T) for s in negs) / (2 * (b - 1))
+                u = (1 - gamma) * self.u[int(index[i])] + gamma * g
+                w = [torch.exp(s.detach() / self.T) / u for s in negs]
+                pos = anchor[i] @ other[i]
+                surrogate = surrogate + (-pos + sum(wj * s for wj, s in zip(w, negs)) / (2 * (b - 1)))
+                reported += float((-pos / self.T + torch.log(u)).detach()) / (2 * b)
+                terms.append(float(u))
+            new_u.append(sum(terms) / 2)
+        for i, u in zip(index, new_u):
+            self.u[int(i)] = u
+        return surrogate / b, reported
+
+
+def test_sogclr_u_gradient_and_reported_value_match_the_naive_estimator():
+    n, b, gamma, T = 10, 4, 0.9, 0.3
+    ours = SogCLRLoss(n, gamma, T).double()
+    ref = NaiveSogCLR(n, gamma, T)
+    g = torch.Generator().manual_seed(7)
+    batches = [torch.tensor([0, 3, 5, 7]), torch.tensor([1, 2, 4, 6]), torch.tensor([0, 3, 8, 9]),
+               torch.tensor([5, 7, 0, 3])]      # 3rd batch mixes seen and unseen images
+    for index in batches:
+        z1 = torch.randn(b, 6, generator=g, dtype=torch.float64, requires_grad=True)
+        z2 = torch.randn(b, 6, generator=g, dtype=torch.float64, requires_grad=True)
+        loss = ours(z1, z2, index)
+        g1, g2 = torch.autograd.grad(loss, (z1, z2))
+        surrogate, reported = ref.step(z1, z2, index)
+        r1, r2 = torch.autograd.grad(surrogate, (z1, z2))
+        torch.testing.assert_close(g1, r1, atol=1e-10, rtol=1e-9)
+        torch.testing.assert_close(g2, r2, atol=1e-10, rtol=1e-9)
+        assert loss.item() == pytest.approx(reported, rel=1e-9)
+        torch.testing.assert_close(ours.u.squeeze(1), torch.tensor(ref.u, dtype=torch.float64),
+                                   atol=1e-12, rtol=1e-10)
+
+
+def test_sogclr_gradient_is_T_times_the_global_contrastive_gradient():
+    """With gamma = 1, u is this batch's mean of exp(s/T) over the negatives, and
+    the SogCLR gradient is T x the gradient of
+        mean over 2B anchors of ( -pos/T + log mean_neg exp(s/T) ), times 2
+    (the original sums the two directions and averages over B, not 2B)."""
+    b, T = 5, 0.3
+    g = torch.Generator().manual_seed(8)
+    z1 = torch.randn(b, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    z2 = torch.randn(b, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    loss = SogCLRLoss(b, gamma=1.0, temperature=T).double()(z1, z2, torch.arange(b))
+    g_ours = torch.autograd.grad(loss, (z1, z2))
+
+    h1, h2 = F.normalize(z1, dim=1), F.normalize(z2, dim=1)
+    total = 0.0
+    for a, o in ((h1, h2), (h2, h1)):
+        for i in range(b):
+            negs = torch.cat([a[i] @ o.T, a[i] @ a.T])
+            negs = torch.cat([negs[:i], negs[i + 1:b], negs[b:b + i], negs[b + i + 1:]])
+            total = total - (a[i] @ o[i]) / T + torch.log(torch.exp(negs / T).mean())
+    g_ref = torch.autograd.grad(T * total / b, (z1, z2))
+    for x, y in zip(g_ours, g_ref):
+        torch.testing.assert_close(x, y, atol=1e-10, rtol=1e-9)
+    assert loss.item() == pytest.approx(total.item() / (2 * b), rel=1e-9)
+
+
+def test_sogclr_u_is_saved_and_restored():
+    a = SogCLRLoss(6)
+    a(torch.randn(3, 4), torch.randn(3, 4), torch.tensor([0, 2, 4]))
+    assert (a.u[[0, 2, 4]] > 0).all() and (a.u[[1, 3, 5]] == 0).all()
+    b = SogCLRLoss(6)
+    b.load_state_dict(a.state_dict())
+    assert torch.equal(a.u, b.u)

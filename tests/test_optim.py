@@ -1,0 +1,78 @@
+"""LARS against a naive per-tensor loop, the other optimizers' settings, lr scaling."""
+import math
+
+import pytest
+import torch
+
+from sslcifar.optim import LARS, build_optimizer, scaled_lr
+
+
+def naive_lars(params, grads_per_step, lr, m, wd, eta):
+    params = [p.clone() for p in params]
+    mus = [torch.zeros_like(p) for p in params]
+    for grads in grads_per_step:
+        for i, (p, g) in enumerate(zip(params, grads)):
+            if p.dim() > 1:
+                d = g + wd * p
+                pn, dn = p.norm().item(), d.norm().item()
+                d = d * (eta * pn / dn if pn > 0 and dn > 0 else 1.0)
+            else:
+                d = g
+            mus[i] = m * mus[i] + d
+            params[i] = p - lr * mus[i]
+    return params
+
+
+def test_lars_matches_a_naive_loop_over_several_steps():
+    g = torch.Generator().manual_seed(0)
+    shapes = [(4, 3), (2, 3, 3, 3), (4,), ()]
+    init = [torch.randn(s, generator=g, dtype=torch.float64) for s in shapes]
+    init.append(torch.zeros(3, 3, dtype=torch.float64))          # zero norm: trust ratio 1
+    grads = [[torch.randn(p.shape, generator=g, dtype=torch.float64) for p in init] for _ in range(4)]
+    params = [p.clone().requires_grad_() for p in init]
+    opt = LARS(params, lr=0.5, momentum=0.9, weight_decay=1e-2, trust_coefficient=0.01)
+    for step in grads:
+        for p, gr in zip(params, step):
+            p.grad = gr.clone()
+        opt.step()
+    for ours, ref in zip(params, naive_lars(init, grads, 0.5, 0.9, 1e-2, 0.01)):
+        torch.testing.assert_close(ours.detach(), ref, atol=1e-12, rtol=1e-12)
+
+
+def test_lars_biases_and_bn_get_plain_momentum_sgd():
+    w = torch.ones(5, requires_grad=True)
+    opt = LARS([w], lr=0.1, momentum=0.9, weight_decay=0.5)
+    w.grad = torch.full((5,), 2.0)
+    opt.step()
+    torch.testing.assert_close(w.detach(), torch.full((5,), 1 - 0.1 * 2.0))
+
+
+def test_lars_param_groups_have_their_own_lr():
+    a, b = torch.ones(2, 2, requires_grad=True), torch.ones(2, 2, requires_grad=True)
+    opt = LARS([{"params": [a], "lr": 1.0}, {"params": [b], "lr": 0.0}], lr=0.1)
+    a.grad, b.grad = torch.ones(2, 2), torch.ones(2, 2)
+    opt.step()
+    assert not torch.equal(a, torch.ones(2, 2)) and torch.equal(b, torch.ones(2, 2))
+
+
+def test_build_optimizer_settings():
+    p = [torch.nn.Parameter(torch.ones(2))]
+    sgd = build_optimizer(p, "sgd", 0.6, 1e-6, momentum=0.9, nesterov=True)
+    assert isinstance(sgd, torch.optim.SGD)
+    gr = sgd.param_groups[0]
+    assert (gr["lr"], gr["weight_decay"], gr["momentum"], gr["nesterov"]) == (0.6, 1e-6, 0.9, True)
+    lars = build_optimizer(p, "lars", 8.0, 1e-4, trust_coefficient=0.001)
+    assert isinstance(lars, LARS) and lars.param_groups[0]["trust_coefficient"] == 0.001
+    adamw = build_optimizer(p, "adamw", 1e-3, 0.05, betas=(0.9, 0.95))
+    assert isinstance(adamw, torch.optim.AdamW) and adamw.param_groups[0]["betas"] == (0.9, 0.95)
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        build_optimizer(p, "adam", 1.0, 0.0)
+
+
+def test_scaled_lr_rules():
+    assert scaled_lr(0.3, 512, "linear") == pytest.approx(0.6)
+    assert scaled_lr(1.0, 64, "sqrt") == pytest.approx(8.0)
+    assert scaled_lr(0.075, 4096, "sqrt") == pytest.approx(0.075 * math.sqrt(4096))
+    assert scaled_lr(0.5, 1024, "none") == 0.5
+    with pytest.raises(ValueError):
+        scaled_lr(1.0, 64, "log")
