@@ -1,0 +1,165 @@
+"""Batched augmentation against torchvision's functional ops, image by image, and
+its random parameters against torchvision's distributions."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision.transforms.v2.functional as TF
+from torchvision.transforms import RandomResizedCrop
+
+from sslcifar.data.augment import (BatchAugment, BatchNormalize, adjust_brightness, adjust_contrast,
+                                   adjust_hue, adjust_saturation, gaussian_blur, hflip, resized_crop,
+                                   rgb_to_grayscale, sample_crop_boxes, solarize)
+
+TOL = 1 / 255
+
+
+def images(n=6, h=32, w=32, seed=0):
+    """Random pixels, smooth gradients, and pure grays (hue edge cases)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 3, h, w, generator=g)
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, h), torch.linspace(0, 1, w), indexing="ij")
+    x[0] = torch.stack([yy, xx, 1 - yy])
+    x[1] = torch.full((3, h, w), 0.5)
+    x[2, :, : h // 2] = x[2, :1, : h // 2]          # gray top half
+    return x
+
+
+def per_image(fn, x, *params):
+    return torch.stack([fn(x[i], *[p[i].item() if torch.is_tensor(p) else p for p in params])
+                        for i in range(len(x))])
+
+
+@pytest.mark.parametrize("shape", [(32, 32), (24, 40)])
+def test_colour_ops_equal_torchvision(shape):
+    x = images(6, *shape)
+    f = torch.tensor([0.0, 0.6, 1.0, 1.4, 0.3, 2.0])
+    hue = torch.tensor([-0.5, -0.1, 0.0, 0.05, 0.3, 0.5])
+    for ours, ref in [(adjust_brightness(x, f), per_image(TF.adjust_brightness, x, f)),
+                      (adjust_contrast(x, f), per_image(TF.adjust_contrast, x, f)),
+                      (adjust_saturation(x, f), per_image(TF.adjust_saturation, x, f)),
+                      (adjust_hue(x, hue), per_image(TF.adjust_hue, x, hue)),
+                      (rgb_to_grayscale(x).expand_as(x), per_image(TF.rgb_to_grayscale, x, 3))]:
+        assert (ours - ref).abs().max() <= TOL
+
+
+def test_flip_and_solarize_equal_torchvision():
+    x = images()
+    mask = torch.tensor([True, False, True, True, False, False])
+    ref = torch.stack([TF.horizontal_flip(x[i]) if mask[i] else x[i] for i in range(6)])
+    assert torch.equal(hflip(x, mask), ref)
+    ref = torch.stack([TF.solarize(x[i], 0.5) if mask[i] else x[i] for i in range(6)])
+    assert (solarize(x, 0.5, mask) - ref).abs().max() <= TOL
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "bicubic"])
+@pytest.mark.parametrize("shape", [(32, 32), (24, 40)])
+def test_resized_crop_equals_crop_then_interpolate(mode, shape):
+    h, w = shape
+    x = images(6, h, w)
+    top = torch.tensor([0, 3, 0, 10, h - 1, 5])
+    left = torch.tensor([0, 2, w - 1, 4, 0, 7])
+    hh = torch.tensor([h, 10, h, 5, 1, 8])           # full image, thin, 1-pixel-wide edge cases
+    ww = torch.tensor([w, 17, 1, 5, w, 3])
+    ours = resized_crop(x, top, left, hh, ww, 32, mode)
+    for i in range(6):
+        crop = TF.crop(x[i], top[i].item(), left[i].item(), hh[i].item(), ww[i].item())
+        ref = TF.resize(crop, [32, 32], interpolation=getattr(TF.InterpolationMode, mode.upper()),
+                        antialias=False)
+        assert (ours[i] - ref.clamp(0, 1)).abs().max() <= TOL, i
+    flipped = resized_crop(x, top, left, hh, ww, 32, mode, flip=torch.ones(6, dtype=torch.bool))
+    assert torch.allclose(flipped, ours.flip(-1), atol=1e-6)
+
+
+@pytest.mark.parametrize("kernel", [3, 5])
+def test_gaussian_blur_equals_torchvision(kernel):
+    x = images()
+    sigma = torch.tensor([0.1, 0.5, 1.0, 1.5, 2.0, 0.0])
+    ours = gaussian_blur(x, kernel, sigma)
+    for i in range(5):
+        ref = TF.gaussian_blur(x[i], [kernel, kernel], [sigma[i].item()] * 2)
+        assert (ours[i] - ref).abs().max() <= TOL
+    assert torch.equal(ours[5], x[5])                 # sigma 0: untouched
+
+
+def test_color_jitter_in_a_given_order_equals_torchvision_in_that_order():
+    x = images(8)
+    aug = BatchAugment(32, [0.0] * 3, [1.0] * 3, brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1)
+    g = torch.Generator().manual_seed(3)
+    factors_u, order_u = torch.rand(8, 4, generator=g), torch.rand(8, 4, generator=g)
+    apply = torch.tensor([True] * 7 + [False])
+    ours = aug._color_jitter(x, apply, factors_u, order_u, g)
+    order = order_u.argsort(1)
+    for i in range(8):
+        fb, fc, fs = (0.6 + 0.8 * factors_u[i, :3]).tolist()
+        hue = (2 * factors_u[i, 3].item() - 1) * 0.1
+        ops = [lambda im: TF.adjust_brightness(im, fb), lambda im: TF.adjust_contrast(im, fc),
+               lambda im: TF.adjust_saturation(im, fs), lambda im: TF.adjust_hue(im, hue)]
+        ref = x[i]
+        if apply[i]:
+            for k in order[i].tolist():
+                ref = ops[k](ref)
+        assert (ours[i] - ref).abs().max() <= TOL, i
+    assert torch.equal(ours[7], x[7])                 # not jittered: exactly unchanged
+
+
+def test_crop_boxes_follow_torchvisions_distribution():
+    n = 20000
+    for (h, w), scale, ratio in [((32, 32), (0.08, 1.0), (3 / 4, 4 / 3)),
+                                 ((64, 96), (0.2, 1.0), (3 / 4, 4 / 3)),
+                                 ((32, 32), (0.9, 1.0), (3.0, 4.0))]:       # mostly fallback
+        g = torch.Generator().manual_seed(0)
+        top, left, hh, ww = sample_crop_boxes(n, h, w, scale, ratio, g, "cpu")
+        torch.manual_seed(0)
+        ref = torch.tensor([RandomResizedCrop.get_params(torch.empty(3, h, w), scale, ratio)
+                            for _ in range(n)], dtype=torch.float64)
+        ours = torch.stack([top, left, hh, ww], 1).double()
+        assert (hh >= 1).all() and (top + hh <= h).all() and (left + ww <= w).all()
+        area_o, area_r = ours[:, 2] * ours[:, 3] / (h * w), ref[:, 2] * ref[:, 3] / (h * w)
+        for a, b in [(area_o, area_r), (ours[:, 3] / ours[:, 2], ref[:, 3] / ref[:, 2]),
+                     (ours[:, 0], ref[:, 0]), (ours[:, 1], ref[:, 1])]:
+            assert abs(a.mean() - b.mean()) < 0.02 * max(1.0, b.mean().item()) + 3 * b.std() / math.sqrt(n)
+            for q in (0.1, 0.5, 0.9):
+                assert abs(a.quantile(q) - b.quantile(q)) <= 0.03 * max(1.0, b.quantile(q).item()) + 1
+        full_o = ((ours[:, 2] == h) & (ours[:, 3] == w)).double().mean()
+        full_r = ((ref[:, 2] == h) & (ref[:, 3] == w)).double().mean()
+        assert abs(full_o - full_r) < 0.01
+
+
+def test_random_choices_have_the_configured_rates_and_jitter_ranges():
+    n = 4096
+    x = (torch.rand(n, 3, 8, 8, generator=torch.Generator().manual_seed(1)) * 255).to(torch.uint8)
+    aug = BatchAugment(8, [0.0] * 3, [1.0] * 3, crop_scale=(1, 1), crop_ratio=(1, 1), flip_p=0.3,
+                       jitter_p=0.0, grayscale_p=0.25)
+    out = aug(x, torch.Generator().manual_seed(2))
+    src = x.float() / 255
+    gray = (out[:, 0] == out[:, 1]).all(-1).all(-1) & (out[:, 1] == out[:, 2]).all(-1).all(-1)
+    # flips are counted among the samples that kept their colours
+    flipped = (out - src.flip(-1)).abs().amax((1, 2, 3)) < 1e-6
+    assert abs(flipped[~gray].float().mean() - 0.3) < 0.03
+    assert abs(gray.float().mean() - 0.25) < 0.03
+    # jitter: the share of changed samples, and all 24 orders roughly equally often
+    aug = BatchAugment(8, [0.0] * 3, [1.0] * 3, crop_scale=(1, 1), crop_ratio=(1, 1), flip_p=0.0,
+                       jitter_p=0.7, grayscale_p=0.0)
+    out = aug(x, torch.Generator().manual_seed(3))
+    changed = (out - src).abs().amax((1, 2, 3)) > 1e-6
+    assert abs(changed.float().mean() - 0.7) < 0.03
+    order = torch.rand(24000, 4, generator=torch.Generator().manual_seed(4)).argsort(1)
+    counts = torch.unique(order, dim=0, return_counts=True)[1]
+    assert len(counts) == 24 and counts.min() > 800 and counts.max() < 1200
+
+
+def test_determinism_identity_and_output_format():
+    x = (torch.rand(16, 3, 32, 32, generator=torch.Generator().manual_seed(5)) * 255).to(torch.uint8)
+    aug = BatchAugment(32, [0.4, 0.5, 0.6], [0.2, 0.25, 0.3], blur_p=0.5, solarize_p=0.2)
+    a = aug(x, torch.Generator().manual_seed(7))
+    b = aug(x, torch.Generator().manual_seed(7))
+    assert torch.equal(a, b) and a.dtype == torch.float32 and a.shape == (16, 3, 32, 32)
+    assert not torch.equal(a, aug(x, torch.Generator().manual_seed(8)))
+    ident = BatchAugment(32, [0.4, 0.5, 0.6], [0.2, 0.25, 0.3], crop_scale=(1, 1), crop_ratio=(1, 1),
+                         flip_p=0, jitter_p=0, grayscale_p=0)
+    plain = BatchNormalize(32, [0.4, 0.5, 0.6], [0.2, 0.25, 0.3])(x)
+    assert torch.allclose(ident(x, torch.Generator().manual_seed(0)), plain, atol=1e-5)
+    stl = BatchAugment(24, [0.5] * 3, [0.5] * 3)(x, torch.Generator().manual_seed(0))
+    assert stl.shape == (16, 3, 24, 24)
