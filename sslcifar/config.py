@@ -111,7 +111,7 @@ class AugmentConfig:
 
 @dataclass
 class EvalConfig:
-    knn_every: int = 0                # epochs between kNN evaluations; 0 = only at the end
+    knn_every: int = 10               # epochs between kNN evaluations (and at the end); 0 = only at the end
     knn_k: int = 200
     knn_temperature: float = 0.1
     knn_max_train: Optional[int] = None   # cap on the kNN memory bank (None = whole train split)
