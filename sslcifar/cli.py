@@ -19,8 +19,23 @@ def report_user_errors(fn):
         except UserError as e:
             logging.getLogger("sslcifar").debug("user error", exc_info=True)
             print(f"error: {e}", file=sys.stderr, flush=True)
+            _leave_in_run_dir(f"error: {e}\n")
             sys.exit(2)
     return wrapper
+
+
+def _leave_in_run_dir(message: str) -> None:
+    """Keep the error next to the run's outputs (error.txt), where `sslcifar.report`
+    and a user browsing a sweep find it."""
+    from hydra.core.hydra_config import HydraConfig
+    try:
+        if HydraConfig.initialized():
+            from pathlib import Path
+            out = Path(HydraConfig.get().runtime.output_dir)
+            if out.is_dir():
+                (out / "error.txt").write_text(message)
+    except OSError:
+        pass
 
 
 def pin_torchrun_run_dir() -> None:
