@@ -117,6 +117,8 @@ class EvalConfig:
     knn_max_train: Optional[int] = None   # cap on the kNN memory bank (None = whole train split)
     online_probe: bool = True         # linear classifier on detached features, trained alongside
     probe_lr: float = 1.0e-3          # its Adam learning rate
+    tsne: bool = False                # t-SNE of test embeddings (tsne.png) at the end
+    tsne_points: int = 2000           # test images in the t-SNE (exact t-SNE: O(n^2))
 
 
 @dataclass

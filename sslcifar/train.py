@@ -279,6 +279,7 @@ def train(cfg) -> Dict[str, float]:
     if is_main:
         if step >= total_steps:
             done_file.write_text(json.dumps(final))
+        _figures(cfg, run_dir, method, test_src)
         summary = " ".join(f"{k}={v:.4f}" for k, v in final.items()
                            if k.startswith(("knn", "online", "loss")) and isinstance(v, float))
         print(f"final: {summary} (run dir {run_dir})", flush=True)
@@ -340,6 +341,20 @@ def _knn(cfg, method, train_src, test_src, is_main) -> dict:
         return {}
     return knn_evaluate(method.backbone, train_src, test_src, cfg.eval.knn_k,
                         cfg.eval.knn_temperature, cfg.eval.knn_max_train)
+
+
+def _figures(cfg, run_dir, method, test_src) -> None:
+    """curves.png from metrics.jsonl; tsne.png of test embeddings when eval.tsne."""
+    from .figures import curves_png, tsne_png
+    from .knn import extract_features
+    if (run_dir / "metrics.jsonl").exists():
+        curves_png(run_dir)
+    if cfg.eval.tsne:
+        n = min(cfg.eval.tsne_points, len(test_src))
+        feats = extract_features(method.backbone, test_src, limit=n)
+        labels = (test_src.labels[:n] if test_src.task == "classification"
+                  else test_src.targets[:n, 0])          # Spirograph: coloured by m
+        tsne_png(feats.cpu(), labels.cpu(), run_dir / "tsne.png", classes=test_src.classes)
 
 
 def _progress(cfg, is_main, epoch, start, total):

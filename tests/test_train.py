@@ -109,3 +109,12 @@ def test_options_run_end_to_end(tmp_path, cifar_root, option):
         assert (out / "checkpoints" / "epoch_1.pt").exists()
     if option == "eval.online_probe=false":
         assert "online_top1" not in (out / "metrics.jsonl").read_text()
+
+
+@pytest.mark.slow
+def test_figures_at_the_end_of_pretraining(tmp_path, cifar_root):
+    out = tmp_path / "run"
+    run("simclr.py", *TINY, f"dataset.root={cifar_root}", "dataset.subset=32", "eval.tsne=true",
+        "eval.tsne_points=100", f"hydra.run.dir={out}")
+    for name in ("curves.png", "tsne.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,259 @@
+"""Figures: t-SNE of an encoder's embeddings, and a run's training curves.
+
+    python -m sslcifar.figures tsne pretrained=outputs/simclr/<date>_<time>   # -> outputs/tsne/<...>/tsne.png
+    python -m sslcifar.figures tsne pretrained=PATH dataset=spirograph        # coloured by m
+    python -m sslcifar.figures curves outputs/simclr/<date>_<time>            # -> <run dir>/curves.png
+
+`tsne` is an exact t-SNE (van der Maaten & Hinton, 2008) in plain torch, for
+up to a few thousand points: Gaussian affinities whose bandwidths are found by
+bisection to match the perplexity, early exaggeration, then gradient descent
+with momentum and per-coordinate gains. No scikit-learn needed.
+
+The training loop can call `tsne_png(features, labels, path, classes)` and
+`curves_png(run_dir)` directly.
+"""
+import logging
+import math
+import sys
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+import torch
+
+from .errors import UserError
+
+log = logging.getLogger("sslcifar")
+
+
+# ---------------------------------------------------------------------- t-SNE
+
+def _squared_distances(x: torch.Tensor) -> torch.Tensor:
+    """[N, N] squared Euclidean distances of the rows of x [N, D]."""
+    sq = (x * x).sum(1)
+    return (sq[:, None] + sq[None, :] - 2 * x @ x.T).clamp_min(0)
+
+
+def conditional_affinities(x: torch.Tensor, perplexity: float, tol: float = 1e-5,
+                           max_steps: int = 200) -> torch.Tensor:
+    """P_j|i [N, N] (float64, rows sum to 1, zero diagonal) for the rows of x [N, D].
+
+    Row i is a Gaussian around x_i, exp(-beta_i d_ij^2), whose precision beta_i is
+    found by bisection (all rows at once) so that the row's entropy is
+    log(perplexity) nats: each point has about `perplexity` effective neighbours.
+    """
+    n = x.shape[0]
+    d2 = _squared_distances(x.double())
+    d2 = d2 / d2[d2 > 0].mean().clamp_min(1e-12)       # scale-free: beta starts near 1
+    d2.fill_diagonal_(math.inf)                         # a point is not its own neighbour
+    target = math.log(perplexity)
+    beta = torch.ones(n, 1, dtype=d2.dtype, device=d2.device)
+    lo = torch.zeros_like(beta)
+    hi = torch.full_like(beta, math.inf)
+    for _ in range(max_steps):
+        logp = torch.log_softmax(-beta * d2, dim=1)                    # [N, N]
+        p = logp.exp()
+        entropy = -torch.where(p > 0, p * logp, torch.zeros_like(p)).sum(1, keepdim=True)
+        if (entropy - target).abs().max() < tol:
+            break
+        too_flat = entropy > target                     # too wide a Gaussian: raise beta
+        lo = torch.where(too_flat, beta, lo)
+        hi = torch.where(too_flat, hi, beta)
+        beta = torch.where(too_flat, torch.where(hi.isinf(), beta * 2, (beta + hi) / 2),
+                           (beta + lo) / 2)
+    return p
+
+
+def affinities(x: torch.Tensor, perplexity: float) -> torch.Tensor:
+    """Symmetric t-SNE input affinities P = (P_j|i + P_i|j) / 2N [N, N]: sum 1, zero diagonal."""
+    p = conditional_affinities(x, perplexity)
+    p = (p + p.T) / (2 * p.shape[0])
+    return p.clamp_min(1e-12).fill_diagonal_(0)
+
+
+def tsne(x: torch.Tensor, perplexity: float = 30.0, iterations: int = 1000,
+         early_exaggeration: float = 12.0, exaggeration_iters: int = 250,
+         learning_rate: Optional[float] = None, seed: int = 0) -> torch.Tensor:
+    """2-D embedding [N, 2] of the rows of x [N, D] (exact: O(N^2) memory and time).
+
+    Args:
+        perplexity: effective number of neighbours (clamped to (N - 1) / 3).
+        early_exaggeration: P is multiplied by it for the first `exaggeration_iters`
+            iterations, which lets clusters form before they spread out.
+        learning_rate: default max(N / early_exaggeration / 4, 50) (Belkina et al., 2019).
+    """
+    n = x.shape[0]
+    if n < 4:
+        raise ValueError(f"t-SNE needs at least 4 points, got {n}")
+    perplexity = min(perplexity, (n - 1) / 3)
+    p = affinities(x, perplexity).float()                              # [N, N]
+    lr = learning_rate or max(n / early_exaggeration / 4, 50.0)
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    y = (1e-4 * torch.randn(n, 2, generator=g)).to(p.device)           # [N, 2]
+    velocity = torch.zeros_like(y)
+    gains = torch.ones_like(y)
+    for it in range(iterations):
+        early = it < exaggeration_iters
+        exaggeration = early_exaggeration if early else 1.0
+        momentum = 0.5 if early else 0.8
+        # Student-t output affinities: num_ij = 1 / (1 + |y_i - y_j|^2), Q = num / sum(num)
+        num = 1.0 / (1.0 + _squared_distances(y))
+        num.fill_diagonal_(0)
+        q = num / num.sum()
+        # dC/dy_i = 4 sum_j (p_ij - q_ij) num_ij (y_i - y_j)
+        w = (exaggeration * p - q) * num                               # [N, N]
+        grad = 4 * (w.sum(1, keepdim=True) * y - w @ y)                # [N, 2]
+        # delta-bar-delta gains: grow where the gradient turned against the last step
+        gains = torch.where((grad > 0) != (velocity > 0), gains + 0.2, gains * 0.8).clamp_min(0.01)
+        velocity = momentum * velocity - lr * gains * grad
+        y = y + velocity
+        y = y - y.mean(0)
+    return y
+
+
+# ---------------------------------------------------------------------- figures
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def tsne_png(features: torch.Tensor, labels: torch.Tensor, path, classes: Optional[Sequence[str]] = None,
+             title: str = "", perplexity: float = 30.0, iterations: int = 1000, seed: int = 0,
+             max_points: int = 2000) -> Path:
+    """t-SNE of features [N, F] as a scatter plot saved to `path` (PNG).
+
+    labels [N]: integer classes (one colour each, named by `classes`; -1 grey) or
+    floats (a continuous colour scale, e.g. a Spirograph parameter). Only the
+    first `max_points` points are embedded (exact t-SNE is quadratic).
+    """
+    features = features[:max_points].detach().float().cpu()
+    labels = labels[:max_points].detach().cpu()
+    if labels.shape[0] != features.shape[0]:
+        raise ValueError(f"{features.shape[0]} feature rows but {labels.shape[0]} labels")
+    y = tsne(features, perplexity, iterations, seed=seed).numpy()
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 6.5))
+    if labels.is_floating_point():
+        sc = ax.scatter(y[:, 0], y[:, 1], c=labels.numpy(), s=6, cmap="viridis")
+        fig.colorbar(sc, ax=ax, fraction=0.046)
+    else:
+        ids = sorted(int(c) for c in labels.unique())
+        cmap = plt.get_cmap("tab10" if len(ids) <= 10 else "tab20" if len(ids) <= 20 else "hsv")
+        for i, c in enumerate(ids):
+            sel = (labels == c).numpy()
+            name = "unlabeled" if c < 0 else (classes[c] if classes and c < len(classes) else str(c))
+            color = "lightgrey" if c < 0 else cmap(i % cmap.N if len(ids) <= 20 else i / len(ids))
+            ax.scatter(y[sel, 0], y[sel, 1], s=6, color=color, label=name)
+        if len(ids) <= 20:
+            ax.legend(markerscale=3, fontsize=8, loc="best", frameon=False)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title or f"t-SNE of {len(y)} embeddings (perplexity {perplexity:g})")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+CURVES = (("loss", "training loss"), ("lr", "learning rate"), ("knn_top1", "kNN top-1 (%)"),
+          ("knn_r2", "kNN R^2"), ("online_top1", "online probe top-1 (%)"))
+
+
+def curves_png(run_dir, path=None) -> Path:
+    """Training curves of a run (loss, lr, kNN top-1 or R^2, online probe top-1 vs
+    epoch, from its metrics.jsonl) as one PNG; default <run_dir>/curves.png."""
+    from .metrics import read_metrics
+    run_dir = Path(run_dir)
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    if not rows:
+        raise UserError(f"no training metrics in {run_dir / 'metrics.jsonl'}. Fix: give the run "
+                        f"directory of a pretraining run (outputs/<config>/<date>_<time>)")
+    panels = [(k, name) for k, name in CURVES if any(r.get(k) is not None for r in rows)]
+    plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.2), squeeze=False)
+    for ax, (key, name) in zip(axes[0], panels):
+        pts = [(r["epoch"] + 1, r[key]) for r in rows if r.get(key) is not None]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o" if len(pts) < 30 else None,
+                markersize=3)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title(name)
+        if key == "lr":
+            ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+        ax.grid(alpha=0.3)
+    fig.suptitle(str(run_dir), fontsize=9)
+    fig.tight_layout()
+    path = Path(path) if path is not None else run_dir / "curves.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+# ---------------------------------------------------------------------- command line
+
+def tsne_from_config(cfg, run_dir: Path) -> Path:
+    """The `tsne` command: embed the first cfg.num_points images of cfg.split."""
+    from .data.sources import build_source
+    from .knn import extract_features
+    from .pretrained import load_encoder, resolve_device
+    if cfg.split not in ("train", "test"):
+        raise UserError(f"split={cfg.split} is not allowed: use train or test")
+    if cfg.num_points < 4 or cfg.perplexity <= 0 or cfg.iterations < 1:
+        raise UserError("num_points needs >= 4, perplexity > 0 and iterations >= 1 "
+                        f"(got {cfg.num_points}, {cfg.perplexity}, {cfg.iterations})")
+    device = resolve_device(cfg.device)
+    enc = load_encoder(cfg)
+    src = build_source(cfg, cfg.split, device)
+    n = min(cfg.num_points, len(src))
+    features = extract_features(enc.backbone.to(device), src, cfg.batch_size, n)   # L2-normalised
+    if src.task == "regression":
+        labels, what = src.targets[:n, 0].float(), "coloured by m"
+    else:
+        labels, what = src.labels[:n], "coloured by class"
+    out = Path(cfg.out) if cfg.out else run_dir / "tsne.png"
+    source = "random init" if enc.path is None else enc.path.parent.parent.name
+    tsne_png(features, labels, out, list(src.classes), perplexity=cfg.perplexity,
+             iterations=cfg.iterations, seed=cfg.seed, max_points=n,
+             title=f"t-SNE, {cfg.dataset.name} {cfg.split} ({n} images, {what})\n{source}")
+    print(f"tsne: {out} ({n} {cfg.dataset.name} {cfg.split} images)", flush=True)
+    return out
+
+
+USAGE = ("usage: python -m sslcifar.figures tsne [pretrained=PATH dataset=... key=value ...]\n"
+         "       python -m sslcifar.figures curves RUN_DIR [OUT.png]")
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    from .cli import report_user_errors
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in ("tsne", "curves"):
+        print(USAGE, file=sys.stderr)
+        sys.exit(2)
+    if argv[0] == "curves":
+        if len(argv) not in (2, 3):
+            print(USAGE, file=sys.stderr)
+            sys.exit(2)
+        out = report_user_errors(curves_png)(*argv[1:])
+        print(f"curves: {out}", flush=True)
+        return
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+    from .eval_config import register_eval_configs
+    register_eval_configs()
+    sys.argv = [sys.argv[0], *argv[1:]]          # Hydra reads the overrides from sys.argv
+
+    @hydra.main(version_base="1.3", config_path=str(Path(__file__).resolve().parents[1] / "conf"),
+                config_name="tsne")
+    @report_user_errors
+    def run(cfg):
+        return tsne_from_config(cfg, Path(HydraConfig.get().runtime.output_dir))
+    run()
+
+
+if __name__ == "__main__":
+    main()

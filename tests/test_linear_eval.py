@@ -1,0 +1,321 @@
+"""Linear evaluation: the recipes' pieces against references, the frozen-encoder check,
+and the real entrypoints (linear_eval.py, python -m sslcifar.knn) on real CIFAR-10
+images and on Spirograph."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+
+from sslcifar import linear_eval as le
+from sslcifar.data.sources import build_source
+from sslcifar.eval_config import register_eval_configs
+from sslcifar.models import build_backbone
+
+from .conftest import REPO, TINY, run
+from .test_figures import assert_png
+from .test_pretrained import _Exploit, fake_run
+
+register_eval_configs()
+
+# A SimCLR pretraining short enough for a test (128 steps, ~15 s on 2 CPU cores) whose
+# encoder reliably beats its own random initialisation under the fast recipe
+# (measured on the cifar_root images, seeds 0/1/2: 28.2/28.0/24.8% vs 23.8/21.2/22.4%).
+PRETRAIN = [*TINY, "batch_size=32", "epochs=8", "dataset.subset=512", "optimizer.lr_scaling=none",
+            "optimizer.lr=0.3", "loss.temperature=0.2"]
+EVAL = ["device=cpu", "progress=false", "backbone.width=8"]
+
+
+def compose_eval(overrides=()):
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose(config_name="linear_eval", overrides=list(overrides))
+
+
+# ---------------------------------------------------------------------- the pieces
+
+def test_random_crop_flip_is_a_crop_of_the_padded_image_per_image():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(16, 3, 8, 8, generator=g)
+    fill = torch.tensor([-1.0, -2.0, -3.0])
+    out = le.random_crop_flip(x, 2, fill, g)
+    padded = F.pad(x - fill.view(1, 3, 1, 1), (2, 2, 2, 2)) + fill.view(1, 3, 1, 1)
+    seen = set()
+    for i in range(16):
+        matches = [(dy, dx, fl) for dy in range(5) for dx in range(5) for fl in (0, 1)
+                   if torch.equal(out[i], (lambda c: c.flip(-1) if fl else c)(
+                       padded[i, :, dy:dy + 8, dx:dx + 8]))]
+        assert matches, f"image {i} is not a (flipped) crop of its padded self"
+        seen.add(matches[0])
+    assert len(seen) > 8                                 # offsets and flips vary per image
+    assert torch.equal(le.random_crop_flip(x, 0, fill, g).abs().sum(), x.abs().sum())
+
+
+def test_fast_recipe_reaches_the_regularised_optimum():
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(300) % 4
+    f = 3 * torch.randn(4, 16, generator=g)[y] + torch.randn(300, 16, generator=g) + 5
+    clf = le.fit_fast(f, y, 4, l2=1e-2)
+    # at the optimum of a convex objective the gradient vanishes
+    z = (f - clf.mean) / clf.std
+    w = clf.fc.weight.detach().clone().requires_grad_(True)
+    b = clf.fc.bias.detach().clone().requires_grad_(True)
+    loss = F.cross_entropy(z @ w.T + b, y) + 0.5e-2 * w.pow(2).sum()
+    gw, gb = torch.autograd.grad(loss, (w, b))
+    assert gw.norm() < 1e-4 and gb.norm() < 1e-4
+    assert (clf(f).argmax(1) == y).float().mean() > 0.95
+    torch.testing.assert_close(z.mean(0), torch.zeros(16), atol=1e-5, rtol=0)
+
+
+def test_ridge_regression_is_least_squares():
+    g = torch.Generator().manual_seed(0)
+    f = torch.randn(200, 10, generator=g) * 4 + 2
+    t = f[:, :3] @ torch.randn(3, 4, generator=g) + 0.1 * torch.randn(200, 4, generator=g)
+    predict = le.ridge_regression(f[:150], t[:150], ridge=0.0)
+    a = torch.cat([f[:150], torch.ones(150, 1)], 1).double()
+    coef = torch.linalg.lstsq(a, t[:150].double()).solution
+    ref = (torch.cat([f[150:], torch.ones(50, 1)], 1).double() @ coef).float()
+    torch.testing.assert_close(predict(f[150:]), ref, atol=1e-4, rtol=1e-4)
+
+
+def test_classification_scores_by_hand():
+    logits = torch.tensor([[3., 2., 1.], [1., 3., 2.], [3., 1., 2.], [1., 2., 3.]])
+    labels = torch.tensor([0, 2, 1, 2])
+    s = le.classification_scores(logits, labels, ["a", "b", "c"])
+    assert s["top1"] == 50.0 and s["top5"] == 100.0
+    assert s["per_class"] == {"a": 100.0, "b": 0.0, "c": 50.0}
+    assert s["confusion_matrix"] == [[1, 0, 0], [1, 0, 0], [0, 1, 1]]
+
+
+def test_the_frozen_encoder_check_catches_any_change():
+    torch.manual_seed(0)
+    net = build_backbone("resnet18", 4, "cifar", 32).eval()
+    before = le.snapshot(net)
+    with torch.no_grad():
+        net(torch.randn(4, 3, 32, 32))                   # eval mode: nothing changes
+    le.assert_unchanged(net, before)
+
+    def changed(edit):
+        copy = build_backbone("resnet18", 4, "cifar", 32)
+        copy.load_state_dict(before)
+        edit(copy)
+        with pytest.raises(le.BackboneChanged, match="the frozen encoder changed"):
+            le.assert_unchanged(copy, before)
+
+    def one_ulp(m):
+        w = m.layer3[0].conv2.weight.data.view(-1)
+        w[7] = torch.nextafter(w[7], torch.tensor(math.inf))
+    changed(one_ulp)
+    changed(lambda m: m.layer1[1].bn2.running_mean.add_(1e-7))
+    changed(lambda m: m.bn1.num_batches_tracked.add_(1))
+    changed(lambda m: m.train()(torch.randn(4, 3, 32, 32)))                  # BN statistics move
+
+
+def test_standard_recipe_leaves_the_encoder_bit_identical_and_learns(cifar_root):
+    cfg = compose_eval([*EVAL, f"dataset.root={cifar_root}", "dataset.subset=128",
+                        "batch_size=32", "epochs=20", "pretrained=random", "lr=1.0"])
+    torch.manual_seed(0)
+    net = build_backbone("resnet18", 8, "cifar", 32).eval()
+    before = le.snapshot(net)
+    src = build_source(cfg, "train", torch.device("cpu"))
+    index = torch.arange(len(src))
+    feats = le.extract(net, src, index, 64)
+    fit = le.fit_standard(net, src, index, src.labels, 10, le.feature_stats(feats), cfg,
+                          torch.device("cpu"))
+    le.assert_unchanged(net, before)
+    for k, v in net.state_dict().items():                # and once more, spelled out
+        assert torch.equal(v, before[k]), k
+    assert fit["steps"] == 80 and fit["epochs"] == 20
+    train_acc = (fit["classifier"](feats).argmax(1) == src.labels).float().mean()
+    assert train_acc > 0.2                               # 10 classes: well above chance
+
+
+def test_max_steps_weight_decay_and_seed_of_the_standard_recipe(cifar_root):
+    def fit(*overrides):
+        cfg = compose_eval([*EVAL, f"dataset.root={cifar_root}", "dataset.subset=64",
+                            "batch_size=16", "epochs=3", "pretrained=random", *overrides])
+        torch.manual_seed(0)
+        net = build_backbone("resnet18", 4, "cifar", 32).eval()
+        src = build_source(cfg, "train", torch.device("cpu"))
+        index = torch.arange(len(src))
+        stats = le.feature_stats(le.extract(net, src, index, 64))
+        return le.fit_standard(net, src, index, src.labels, 10, stats, cfg, torch.device("cpu"))
+    a = fit("max_steps=6")
+    assert a["steps"] == 6 and a["epochs"] == 1.5           # stops mid-epoch
+    same = fit("max_steps=6", "progress=true")
+    torch.testing.assert_close(a["classifier"].fc.weight, same["classifier"].fc.weight,
+                               rtol=0, atol=0)
+    decayed = fit("max_steps=6", "weight_decay=0.5")
+    assert decayed["classifier"].fc.weight.norm() < a["classifier"].fc.weight.norm()
+    reseeded = fit("max_steps=6", "seed=1")
+    assert not torch.equal(reseeded["classifier"].fc.weight, a["classifier"].fc.weight)
+
+
+def test_a_changed_encoder_fails_the_run_loudly(cifar_root, tmp_path, monkeypatch):
+    """The check is wired into linear_eval: an encoder changed during fitting is an error."""
+    real = le.fit_standard
+
+    def fit_and_break(backbone, *args):
+        out = real(backbone, *args)
+        backbone.layer4[1].bn2.running_var.mul_(1.0001)
+        return out
+    monkeypatch.setattr(le, "fit_standard", fit_and_break)
+    cfg = compose_eval([*EVAL, "backbone.width=4", f"dataset.root={cifar_root}",
+                        "dataset.subset=32", "batch_size=32", "epochs=1", "pretrained=random",
+                        "recipe=standard"])
+    with pytest.raises(le.BackboneChanged, match="layer4.1.bn2.running_var"):
+        le.linear_eval(cfg, tmp_path)
+    assert not (tmp_path / "linear_eval.json").exists()
+    assert not (tmp_path / "confusion_matrix.png").exists()
+
+
+# ---------------------------------------------------------------------- the entrypoints
+
+@pytest.fixture(scope="module")
+def simclr_run(tmp_path_factory, cifar_root):
+    out = tmp_path_factory.mktemp("pretrain") / "run"
+    run("simclr.py", *PRETRAIN, f"dataset.root={cifar_root}", f"hydra.run.dir={out}")
+    return out
+
+
+@pytest.fixture(scope="module")
+def evaluate(tmp_path_factory, cifar_root):
+    """linear_eval.py on the cifar_root images, memoised: overrides -> (json, stdout)."""
+    cache = {}
+
+    def go(*overrides):
+        if overrides not in cache:
+            out = tmp_path_factory.mktemp("linear_eval")
+            proc = run("linear_eval.py", *EVAL, f"dataset.root={cifar_root}", *overrides,
+                       f"hydra.run.dir={out}")
+            cache[overrides] = (json.loads((out / "linear_eval.json").read_text()),
+                                proc.stdout, out)
+        return cache[overrides]
+    return go
+
+
+@pytest.mark.slow
+def test_pretrained_encoder_beats_its_random_initialisation(simclr_run, evaluate):
+    trained, stdout, out = evaluate(f"pretrained={simclr_run}", "recipe=fast")
+    random, _, _ = evaluate("pretrained=random", "recipe=fast")
+    assert trained["top1"] > random["top1"] + 2, (trained["top1"], random["top1"])
+    ckpt = str(simclr_run / "checkpoints" / "last.pt")
+    assert stdout.strip().splitlines()[-1] == \
+        f"linear_eval: top1={trained['top1']:.2f} top5={trained['top5']:.2f} (fast, {ckpt})"
+    assert trained["checkpoint"] == ckpt and random["checkpoint"] == "random"
+    assert (trained["num_train"], trained["num_test"]) == (1000, 500)
+    assert trained["recipe"] == "fast" and trained["backbone"] == \
+        {"name": "resnet18", "width": 8, "stem": "cifar"}
+    assert set(trained["per_class"]) == {"airplane", "automobile", "bird", "cat", "deer", "dog",
+                                         "frog", "horse", "ship", "truck"}
+    conf = torch.tensor(trained["confusion_matrix"])
+    assert conf.sum() == 500 and abs(conf.trace() / 5 - trained["top1"]) < 1e-9
+    assert trained["top1"] <= trained["top5"] <= 100
+    assert_png(out / "confusion_matrix.png")
+
+
+@pytest.mark.slow
+def test_fast_and_standard_recipes_agree(simclr_run, evaluate):
+    fast, _, _ = evaluate(f"pretrained={simclr_run}", "recipe=fast")
+    std, stdout, out = evaluate(f"pretrained={simclr_run}", "recipe=standard", "epochs=10",
+                                "batch_size=64")
+    assert abs(fast["top1"] - std["top1"]) <= 4, (fast["top1"], std["top1"])
+    assert std["recipe"] == "standard" and std["epochs"] == 10 and std["steps"] == 160
+    assert "(standard, " in stdout.strip().splitlines()[-1]
+    assert_png(out / "confusion_matrix.png")
+
+
+@pytest.mark.slow
+def test_spirograph_r2_of_a_trained_encoder_beats_a_random_one(tmp_path):
+    spiro = ["dataset=spirograph", "dataset.num_train=1024", "dataset.num_test=512"]
+    run("simclr.py", *TINY, "dataset=spirograph", "dataset.num_train=512", "dataset.num_test=64",
+        "batch_size=32", "epochs=4", "optimizer.lr_scaling=none", "optimizer.lr=0.3",
+        "loss.temperature=0.2", f"hydra.run.dir={tmp_path / 'pre'}")
+    scores = {}
+    for name in ("pre", "random"):
+        pretrained = tmp_path / "pre" if name == "pre" else "random"
+        proc = run("linear_eval.py", *EVAL, *spiro, f"pretrained={pretrained}",
+                   f"hydra.run.dir={tmp_path / ('eval_' + name)}")
+        scores[name] = json.loads((tmp_path / f"eval_{name}" / "linear_eval.json").read_text())
+        assert proc.stdout.strip().splitlines()[-1].startswith("linear_eval: r2=")
+        assert not (tmp_path / f"eval_{name}" / "confusion_matrix.png").exists()
+    pre, rnd = scores["pre"], scores["random"]
+    assert pre["task"] == "regression" and pre["recipe"] == "ridge"
+    assert set(pre["r2_per_parameter"]) == {"m", "b", "sigma", "red"}
+    assert abs(pre["r2"] - sum(pre["r2_per_parameter"].values()) / 4) < 1e-9
+    assert pre["r2"] > rnd["r2"] + 0.05, (pre, rnd)
+    # the foreground red is a generative parameter while the other colours are nuisance:
+    # contrastive training on re-drawn nuisance makes it linearly readable
+    assert pre["r2_per_parameter"]["red"] > rnd["r2_per_parameter"]["red"] + 0.3
+
+
+@pytest.mark.slow
+def test_without_pretrained_the_newest_matching_run_is_used(tmp_path, cifar_root):
+    out = tmp_path / "outputs"
+    fake_run(out, "simclr/2026-01-01_00-00-00", 8, 1000)
+    newest = fake_run(out, "multirun/simclr/2026-01-02_00-00-00/1_loss.temperature=0.2", 8, 2000)
+    fake_run(out, "moco/2026-01-03_00-00-00", 16, 3000)
+    proc = run("linear_eval.py", *EVAL, f"dataset.root={cifar_root}", "dataset.subset=100",
+               "recipe=fast", "hydra.run.dir=le", cwd=tmp_path)
+    logs = proc.stdout + proc.stderr
+    assert f"pretrained=null: using the newest resnet18 (width 8) run {newest.parent.parent}" in logs
+    result = json.loads((tmp_path / "le" / "linear_eval.json").read_text())
+    assert result["checkpoint"] == str(newest) and result["num_train"] == 100
+
+    proc = run("linear_eval.py", *EVAL, "backbone=resnet50", f"dataset.root={cifar_root}",
+               "hydra.run.dir=le2", cwd=tmp_path, check=False)
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: no pretraining run with backbone resnet50 (width 8) found "
+                           f"under {out}") and "Fix: pretrained=PATH" in last
+
+
+@pytest.mark.parametrize("override,message", [
+    ("recipe=slow", "recipe=slow is not allowed: use fast or standard"),
+    ("epochs=0", "epochs=0 is not allowed: needs >= 1"),
+    ("lr=0", "lr=0.0 is not allowed: needs > 0"),
+    ("l2=-1", "l2=-1.0 is not allowed: needs >= 0"),
+    ("ridge=-1", "ridge=-1.0 is not allowed: needs >= 0"),
+    ("max_steps=0", "max_steps=0 is not allowed"),
+    ("batch_size=0", "batch_size=0 is not allowed"),
+    ("device=tpu", "device=tpu is not allowed"),
+])
+def test_bad_values_are_user_errors(override, message):
+    from sslcifar.errors import UserError
+    with pytest.raises(UserError, match=message.replace("(", r"\(")):
+        le.validate(compose_eval([override]))
+
+
+@pytest.mark.slow
+def test_a_malicious_checkpoint_is_a_one_line_error_and_runs_nothing(tmp_path, cifar_root):
+    marker = tmp_path / "pwned"
+    torch.save({"state_dict": {}, "x": _Exploit(marker)}, tmp_path / "evil.pt")
+    proc = run("linear_eval.py", *EVAL, f"dataset.root={cifar_root}",
+               f"pretrained={tmp_path / 'evil.pt'}", f"hydra.run.dir={tmp_path / 'le'}",
+               check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        f"error: checkpoint {tmp_path / 'evil.pt'} refused")
+    assert not marker.exists()
+
+
+@pytest.mark.slow
+def test_knn_command_line(simclr_run, cifar_root, tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(REPO), HYDRA_FULL_ERROR="0")
+    proc = subprocess.run(
+        [sys.executable, "-m", "sslcifar.knn", f"pretrained={simclr_run}", "k=20", "max_train=300",
+         "temperature=0.07", f"dataset.root={cifar_root}", "device=cpu", "progress=false",
+         f"hydra.run.dir={tmp_path / 'knn'}"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((tmp_path / "knn" / "knn.json").read_text())
+    ckpt = simclr_run / "checkpoints" / "last.pt"
+    assert proc.stdout.strip().splitlines()[-1] == \
+        f"knn: top1={result['knn_top1']:.2f} (k=20, T=0.07, {ckpt})"
+    assert (result["k"], result["temperature"], result["num_train"], result["num_test"]) == \
+        (20, 0.07, 300, 500)
+    assert 10 < result["knn_top1"] < 100
