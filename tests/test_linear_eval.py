@@ -17,7 +17,7 @@ from sslcifar.data.sources import build_source
 from sslcifar.eval_config import register_eval_configs
 from sslcifar.models import build_backbone
 
-from .conftest import REPO, TINY, run
+from .conftest import REPO, TINY, needs_real_cifar, run
 from .test_figures import assert_png
 from .test_pretrained import _Exploit, fake_run
 
@@ -115,6 +115,7 @@ def test_the_frozen_encoder_check_catches_any_change():
     changed(lambda m: m.train()(torch.randn(4, 3, 32, 32)))                  # BN statistics move
 
 
+@needs_real_cifar
 def test_standard_recipe_leaves_the_encoder_bit_identical_and_learns(cifar_root):
     cfg = compose_eval([*EVAL, f"dataset.root={cifar_root}", "dataset.subset=128",
                         "batch_size=32", "epochs=20", "pretrained=random", "lr=1.0"])
@@ -198,6 +199,7 @@ def evaluate(tmp_path_factory, cifar_root):
     return go
 
 
+@needs_real_cifar
 @pytest.mark.slow
 def test_pretrained_encoder_beats_its_random_initialisation(simclr_run, evaluate):
     trained, stdout, out = evaluate(f"pretrained={simclr_run}", "recipe=fast")
@@ -218,6 +220,7 @@ def test_pretrained_encoder_beats_its_random_initialisation(simclr_run, evaluate
     assert_png(out / "confusion_matrix.png")
 
 
+@needs_real_cifar
 @pytest.mark.slow
 def test_fast_and_standard_recipes_agree(simclr_run, evaluate):
     fast, _, _ = evaluate(f"pretrained={simclr_run}", "recipe=fast")
