@@ -140,3 +140,26 @@ def test_torchrun_without_a_run_dir_still_writes_one_run(tmp_path):
     runs = list((tmp_path / "outputs" / "simclr").iterdir())
     assert len(runs) == 1 and runs[0].name.startswith("torchrun_")
     assert (runs[0] / "metrics.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_two_process_run_resumes_mid_epoch_bit_identically(tmp_path):
+    import subprocess
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    common = ["experiment=demo", "backbone.width=8", "batch_size=32", "dataset.num_train=128",
+              "dataset.num_test=64", "epochs=2", "progress=false", "tensorboard=false",
+              "device=cpu", "eval.knn_k=5"]
+
+    def torchrun(*extra):
+        proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                               "--nproc_per_node=2", str(REPO / "simclr.py"), *common, *extra],
+                              env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+    torchrun(f"hydra.run.dir={tmp_path}/full")
+    torchrun("max_steps=3", f"hydra.run.dir={tmp_path}/split")        # stop mid-epoch 0
+    torchrun("resume=true", f"hydra.run.dir={tmp_path}/split")
+    a = torch.load(tmp_path / "full" / "checkpoints" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "split" / "checkpoints" / "last.pt", weights_only=True)
+    assert a["step"] == b["step"] == 8
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
