@@ -20,6 +20,11 @@ def report_user_errors(fn):
             logging.getLogger("sslcifar").debug("user error", exc_info=True)
             print(f"error: {e}", file=sys.stderr, flush=True)
             _leave_in_run_dir(f"error: {e}\n")
+            import os
+            if "SUBMITIT_EXECUTOR" in os.environ:
+                # inside a submitit job: an exit writes no result file, and a launcher on a
+                # cluster without sacct would wait for it forever. Raise: submitit records it.
+                raise
             sys.exit(2)
     return wrapper
 

@@ -56,7 +56,7 @@ class LossConfig:
 class OptimizerConfig:
     name: str = MISSING               # sgd | lars | adamw
     lr: float = MISSING               # base learning rate, before lr_scaling
-    lr_scaling: str = "none"          # none | linear (x batch/256) | sqrt (x sqrt(batch/256))
+    lr_scaling: str = "none"          # none | linear (x batch/256) | sqrt (x sqrt(batch))
     weight_decay: float = 0.0
     momentum: float = 0.9
     nesterov: bool = False
