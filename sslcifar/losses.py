@@ -154,7 +154,8 @@ class SogCLRLoss(nn.Module):
     return `surrogate + (reported - surrogate).detach()`: its gradient is the
     surrogate's, its value the global contrastive loss estimate
         mean over the 2B anchors of ( -pos/T + log u_new ),
-    which reads like NT-Xent (about log(2B-1)-ish at the start, falling as it learns).
+    close to 0 at the start and falling below 0 as it learns (with gamma=1 it is NT-Xent
+    without the positive in the denominator, minus log(2(B-1))).
 
     Args:
         num_samples: size of the training set (u has one entry per image).
