@@ -100,6 +100,16 @@ def gather(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(out)
 
 
+def any_rank(flag: bool, device) -> bool:
+    """True on every rank when `flag` is True on at least one. A collective:
+    every rank must call it at the same step."""
+    if not is_distributed():
+        return flag
+    t = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
 def all_reduce_mean(values: List[float], device) -> List[float]:
     """Average a few Python scalars over ranks (for logging)."""
     if not is_distributed():

@@ -230,8 +230,14 @@ def train(cfg) -> Dict[str, float]:
                     meters.setdefault(k, torch.zeros((), dtype=torch.float64, device=device))
                     meters[k] += v.double()
             # the only host-device synchronisation: every log_every steps
-            if step % cfg.log_every == 0 or step == last_step or step % steps_per_epoch == 0 \
-                    or stop.signum is not None:
+            at_log = step % cfg.log_every == 0 or step == last_step or step % steps_per_epoch == 0
+            stopping = stop.signum is not None
+            if world > 1:
+                # each rank may see the signal at a different step; stopping on one rank
+                # alone would leave the others waiting in a collective. The ranks agree
+                # at log steps, which they all reach together.
+                stopping = at_log and dist.any_rank(stopping, device)
+            if at_log or stopping:
                 _check_finite(pending, step, steps_per_epoch, ckpt_dir)
                 if bar is not None:
                     bar.update(len(pending) * cfg.batch_size)
@@ -239,9 +245,9 @@ def train(cfg) -> Dict[str, float]:
                 metrics.scalar("train/loss", pending[-1].item(), step)
                 metrics.scalar("train/lr", lrs[step - 1], step)
                 pending = []
-            if stop.signum is not None:
-                log.warning("signal %d received at step %d: saving a checkpoint and stopping "
-                            "for requeue", stop.signum, step)
+            if stopping:
+                log.warning("signal %s received at step %d: saving a checkpoint and stopping "
+                            "for requeue", stop.signum or "(on another rank)", step)
                 save()
                 stop.forward_to_previous()
                 raise SystemExit(0)

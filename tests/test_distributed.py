@@ -6,8 +6,10 @@ statistics differ from whole-batch ones by design (use backbone.sync_bn=true
 on GPUs, where SyncBatchNorm exists); everything else is the real method.
 """
 import os
+import signal
 import socket
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -162,4 +164,63 @@ def test_two_process_run_resumes_mid_epoch_bit_identically(tmp_path):
     a = torch.load(tmp_path / "full" / "checkpoints" / "last.pt", weights_only=True)
     b = torch.load(tmp_path / "split" / "checkpoints" / "last.pt", weights_only=True)
     assert a["step"] == b["step"] == 8
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def _worker_pid(agent_pid: int, rank: int) -> int:
+    """The pid of torchrun's worker with RANK=rank (read from /proc, no mocks)."""
+    for child in Path(f"/proc/{agent_pid}/task/{agent_pid}/children").read_text().split():
+        env = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+        if f"RANK={rank}".encode() in env:
+            return int(child)
+    raise AssertionError(f"no worker with RANK={rank} under pid {agent_pid}")
+
+
+@pytest.mark.slow
+def test_a_signal_seen_by_one_rank_only_stops_all_ranks_together(tmp_path):
+    """SLURM signals every task, but each sees it at a different step. Rank 1
+    alone is signalled here: without agreement rank 0 would keep training while
+    rank 1 waits to save, and the job would hang. The ranks must stop at the
+    same log step, save once, and resume to the same weights as a run that was
+    never stopped."""
+    import subprocess
+    import time
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    common = ["experiment=demo", "backbone.width=8", "batch_size=32", "dataset.num_train=128",
+              "dataset.num_test=64", "epochs=400", "progress=false", "tensorboard=false",
+              "device=cpu", "eval.knn_k=5", "eval.knn_every=0", "log_every=5",
+              "checkpoint_every=0"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(REPO / "simclr.py"), *common]
+    split = tmp_path / "split"
+    agent = subprocess.Popen([*cmd, f"hydra.run.dir={split}"], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while not (split / "checkpoints" / "last.pt").exists():     # past epoch 0
+            assert agent.poll() is None and time.time() < deadline, agent.stdout.read()[-3000:]
+            time.sleep(0.2)
+        os.kill(_worker_pid(agent.pid, 1), signal.SIGUSR2)
+        out, _ = agent.communicate(timeout=120)
+    finally:
+        if agent.poll() is None:                 # a hung run: kill its workers too
+            os.killpg(agent.pid, signal.SIGKILL)
+    assert agent.returncode == 0, out[-3000:]
+    state = torch.load(split / "checkpoints" / "last.pt", weights_only=True)
+    stopped = state["step"]
+    assert 0 < stopped < 400 * 4 and stopped % 5 == 0, stopped         # at an agreed log step
+    assert f"received at step {stopped}" in (split / "simclr.log").read_text()
+    assert not (split / "done.json").exists()
+
+    def torchrun(*extra):
+        proc = subprocess.run([*cmd, *extra], env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+    torchrun("resume=true", f"max_steps={stopped + 3}", f"hydra.run.dir={split}")
+    torchrun(f"max_steps={stopped + 3}", f"hydra.run.dir={tmp_path}/full")
+    a = torch.load(tmp_path / "full" / "checkpoints" / "last.pt", weights_only=True)
+    b = torch.load(split / "checkpoints" / "last.pt", weights_only=True)
+    assert a["step"] == b["step"] == stopped + 3
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
