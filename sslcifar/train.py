@@ -190,7 +190,11 @@ def train(cfg) -> Dict[str, float]:
                             f"hydra.run.dir at the run to continue, or drop resume=true")
         if state is not None:
             step = _restore(state, method, optimizer, scaler, probe, metrics, meters)
-            log.info("resumed from %s at step %d (epoch %d)", path, step, step // steps_per_epoch)
+            log.info("resumed from %s at step %d (epoch %d)%s", path, step, step // steps_per_epoch,
+                     f" after SLURM requeue #{_requeued()}" if _requeued() else "")
+        elif _requeued():
+            log.warning("SLURM requeue #%d, but no checkpoint in %s yet: starting from step 0",
+                        _requeued(), ckpt_dir)
     if is_main:
         log.info("%s | %s-%s w%d | %s %d train images | batch %d x %d steps/epoch | lr %.4g | "
                  "%s %s | %d process(es)", cfg.method.name, cfg.backbone.name, resolve_stem(cfg.backbone.stem, cfg.dataset.size),
@@ -308,10 +312,11 @@ def train_step(model, optimizer, scaler, autocast, views, index, labels) -> dict
     return out
 
 
-def _requeued() -> bool:
-    """A SLURM job started again after preemption/requeue resumes by itself."""
+def _requeued() -> int:
+    """How often SLURM has started this job again after a preemption, time limit or
+    requeue (0: its first run). A requeued job resumes by itself."""
     import os
-    return int(os.environ.get("SLURM_RESTART_COUNT", "0")) > 0
+    return int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
 
 
 def _new_meters(device) -> dict:

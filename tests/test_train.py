@@ -90,7 +90,7 @@ def test_multirun_gives_one_directory_per_combination(tmp_path):
                "batch_size=16,32", f"hydra.sweep.dir={tmp_path}/sweep")
     dirs = sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir())
     assert len(dirs) == 4, dirs
-    assert any("loss.temperature=0.1" in d and "batch_size=32" in d for d in dirs)
+    assert any("loss.temperature-0.1" in d and "batch_size-32" in d for d in dirs)
     assert all((tmp_path / "sweep" / d / "metrics.jsonl").exists() for d in dirs)
 
 
