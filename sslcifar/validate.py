@@ -74,6 +74,14 @@ def validate_config(cfg) -> None:
     _require(cfg.dataset.size >= MIN_SIZE[stem], "dataset.size", cfg.dataset.size,
              f"the {stem} stem needs images of at least {MIN_SIZE[stem]}px")
     _require(cfg.backbone.width >= 1, "backbone.width", cfg.backbone.width, "needs >= 1")
+    _require(cfg.log_every >= 1, "log_every", cfg.log_every, "needs >= 1")
+    _require(cfg.checkpoint_every >= 0, "checkpoint_every", cfg.checkpoint_every,
+             "needs >= 0 (0 = only last.pt)")
+    _require(cfg.eval.knn_k >= 1, "eval.knn_k", cfg.eval.knn_k, "needs >= 1 neighbour")
+    _require(cfg.eval.knn_temperature > 0, "eval.knn_temperature", cfg.eval.knn_temperature,
+             "needs > 0")
+    _require(cfg.eval.knn_every >= 0, "eval.knn_every", cfg.eval.knn_every,
+             "needs >= 0 (0 = only at the end)")
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise UserError("device=cuda is not allowed: no CUDA device is visible. "
                         "Fix: device=auto or device=cpu")

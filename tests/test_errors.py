@@ -26,6 +26,8 @@ def _user_error(proc):
     ("augment.crop_scale=[0.5,0.1]", "augment.crop_scale=[0.5, 0.1] is not allowed"),
     ("dataset.pipeline=dali", "dataset.pipeline=dali is not allowed: use one of device, torchvision"),
     ("batch_size=5000", "batch_size=5000 is not allowed: the training split has only 64 images"),
+    ("eval.knn_k=0", "eval.knn_k=0 is not allowed: needs >= 1 neighbour"),
+    ("log_every=0", "log_every=0 is not allowed: needs >= 1"),
 ])
 def test_invalid_values_are_rejected_before_training(tmp_path, override, expected):
     proc = run("simclr.py", "experiment=demo", *TINY, "dataset.num_train=64", "dataset.num_test=32",
