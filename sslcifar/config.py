@@ -41,7 +41,9 @@ class MethodConfig:
     queue_size: int = 4096       # K: negatives kept in the queue
     momentum: float = 0.99       # m: EMA coefficient of the key encoder
     symmetric: bool = False      # symmetrised loss (both views as queries)
-    shuffle_bn: bool = True      # shuffle the key batch across ranks (multi-GPU only)
+    shuffle_bn: bool = True      # shuffle the key batch (across ranks; within it on one process)
+    bn_splits: int = 1           # backbone BatchNorm statistics per group of batch/bn_splits
+                                 # images (MoCo CIFAR demo: 8, one GPU acting as 8)
 
 
 @dataclass

@@ -10,7 +10,9 @@ vector [B, F] (fc removed), with
 """
 from typing import Optional
 
+import torch
 from torch import nn
+from torch.nn import functional as F
 from torchvision.models import resnet
 
 
@@ -76,6 +78,51 @@ def build_backbone(name: str, width: int, stem: str, image_size: int) -> nn.Modu
     elif stem != "imagenet":
         raise ValueError(f"backbone.stem={stem!r} is not one of auto, cifar, stl, imagenet")
     return net
+
+
+class SplitBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d whose training-mode statistics come from `num_splits` groups of the
+    batch separately, as if each group sat on its own GPU: the MoCo CIFAR demo's way to
+    give one process multi-GPU BatchNorm, so that, with the key batch shuffled, BN
+    statistics cannot tell a query which key is its positive. Sample n is in group
+    n % num_splits. Each group updates its own copy of the running statistics and the
+    copies are averaged. Eval mode is plain BatchNorm2d; the state dict is the same.
+    """
+
+    def __init__(self, num_features: int, num_splits: int, **kwargs):
+        super().__init__(num_features, **kwargs)
+        self.num_splits = num_splits
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.num_splits
+        if not self.training or s == 1:
+            return super().forward(x)
+        n, c, h, w = x.shape
+        if n % s:
+            raise ValueError(f"a batch of {n} cannot be split into {s} BatchNorm groups")
+        mean, var = self.running_mean.repeat(s), self.running_var.repeat(s)
+        # [n, c] -> [n/s, s*c]: group j's samples become channels j*c..(j+1)*c
+        out = F.batch_norm(x.reshape(n // s, s * c, h, w), mean, var, self.weight.repeat(s),
+                           self.bias.repeat(s), True, self.momentum, self.eps)
+        with torch.no_grad():
+            self.running_mean.copy_(mean.view(s, c).mean(0))
+            self.running_var.copy_(var.view(s, c).mean(0))
+            self.num_batches_tracked.add_(1)
+        return out.view(n, c, h, w)
+
+
+def split_batchnorm(module: nn.Module, num_splits: int) -> nn.Module:
+    """Replace every BatchNorm2d of `module` (in place) by a SplitBatchNorm2d holding the
+    same parameters and statistics."""
+    for name, child in module.named_children():
+        if type(child) is nn.BatchNorm2d:
+            split = SplitBatchNorm2d(child.num_features, num_splits, eps=child.eps,
+                                     momentum=child.momentum)
+            split.load_state_dict(child.state_dict())
+            setattr(module, name, split.to(child.weight.device, child.weight.dtype))
+        else:
+            split_batchnorm(child, num_splits)
+    return module
 
 
 def projection_mlp(in_dim: int, hidden_dim: Optional[int], out_dim: int, num_layers: int = 2,

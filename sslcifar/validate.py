@@ -62,6 +62,8 @@ def validate_config(cfg) -> None:
         keys_per_step = cfg.batch_size * (2 if cfg.method.symmetric else 1)
         _require(cfg.method.queue_size >= keys_per_step, "moco_k (method.queue_size)",
                  cfg.method.queue_size, f"needs >= the keys enqueued per step ({keys_per_step})")
+        _require(cfg.method.bn_splits >= 1, "method.bn_splits", cfg.method.bn_splits,
+                 "needs >= 1 (1 = plain BatchNorm)")
         _require(0 <= cfg.method.momentum <= 1, "moco_m (method.momentum)", cfg.method.momentum,
                  "needs 0 <= m <= 1")
     _require(cfg.dataset.subset is None or cfg.dataset.subset >= 1, "dataset.subset",
@@ -96,6 +98,11 @@ def validate_data(cfg, source, world: int) -> None:
              f"must divide evenly over the {world} processes")
     _require(n >= cfg.batch_size, "batch_size", cfg.batch_size,
              f"the training split has only {n} images (use a smaller batch or a larger subset)")
+    if cfg.method.name == "moco":
+        per_process = cfg.batch_size // world
+        _require(per_process % cfg.method.bn_splits == 0, "method.bn_splits",
+                 cfg.method.bn_splits, f"must divide the batch of each process ({per_process}); "
+                 f"use a divisor of it, or 1 for plain BatchNorm")
     if cfg.method.name in ("supcon", "supervised"):
         _require(bool((source.labels >= 0).all()), "method", cfg.method.name,
                  f"needs labels on every training image, and {cfg.dataset.name} split "

@@ -43,6 +43,13 @@ def test_moco_queue_smaller_than_batch(tmp_path):
         in _user_error(proc)
 
 
+def test_moco_bn_splits_must_divide_the_batch(tmp_path):
+    proc = run("moco.py", "dataset=spirograph", *TINY, "method.bn_splits=3",
+               f"hydra.run.dir={tmp_path}", check=False)
+    assert "method.bn_splits=3 is not allowed: must divide the batch of each process (16)" \
+        in _user_error(proc)
+
+
 def test_missing_cifar_says_where_it_looked_and_how_to_fix(tmp_path):
     proc = run("simclr.py", *TINY, f"dataset.root={tmp_path}/nothing", f"hydra.run.dir={tmp_path}/r",
                check=False)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sslcifar.methods import MoCo, build_method
-from sslcifar.models import build_backbone, projection_mlp
+from sslcifar.models import SplitBatchNorm2d, build_backbone, projection_mlp, split_batchnorm
 
 from .test_config import compose_cfg
 
@@ -108,3 +108,36 @@ def test_loss_falls_on_a_fixed_tiny_batch(method):
     assert losses[-1] < losses[0], losses
     assert out["features"].shape == (16, model.backbone.num_features)
     assert not out["features"].requires_grad
+
+
+def test_one_process_key_shuffle_keeps_key_order_and_changes_bn_groups():
+    """With one process, shuffle_bn encodes the keys in a random order and puts them
+    back: in eval mode (per-sample BN) the keys equal those of the unshuffled batch; in
+    training with split BatchNorm each key is normalised with a different group of
+    images than its query would be, so the keys differ; with plain BN they do not."""
+    x = torch.randn(8, 3, 16, 16)
+
+    def keys(bn_splits, train, shuffle):
+        torch.manual_seed(0)
+        backbone = build_backbone("resnet18", 4, "cifar", 16)
+        if bn_splits > 1:
+            split_batchnorm(backbone, bn_splits)
+        proj = projection_mlp(backbone.num_features, None, 8, 2, bn=False)
+        model = MoCo(backbone, proj, 16, 0.9, 0.2, symmetric=False, shuffle_bn=shuffle)
+        model.train(train)
+        torch.manual_seed(1)
+        return model._keys(x)
+
+    torch.testing.assert_close(keys(2, False, True), keys(2, False, False))
+    assert not torch.allclose(keys(2, True, True), keys(2, True, False), atol=1e-4)
+    torch.testing.assert_close(keys(1, True, True), keys(1, True, False), atol=1e-5, rtol=1e-4)
+
+
+def test_moco_config_uses_the_cifar_demos_split_batchnorm():
+    cfg = compose_cfg("moco", ["backbone.width=4", "dataset.size=16"])
+    assert cfg.method.bn_splits == 8 and cfg.method.shuffle_bn
+    model = build_method(cfg, num_train=16, num_classes=4)
+    splits = {m.num_splits for m in model.modules() if isinstance(m, SplitBatchNorm2d)}
+    assert splits == {8}
+    assert any(isinstance(m, SplitBatchNorm2d) for m in model.backbone_k.modules())
+    assert not any(type(m) is torch.nn.BatchNorm2d for m in model.backbone.modules())

@@ -1,9 +1,12 @@
 """Backbones and heads."""
+import copy
+
 import pytest
 import torch
 import torchvision
 
-from sslcifar.models import build_backbone, projection_mlp, resolve_stem
+from sslcifar.models import (SplitBatchNorm2d, build_backbone, projection_mlp, resolve_stem,
+                             split_batchnorm)
 
 
 def test_width_64_imagenet_stem_is_torchvisions_resnet():
@@ -46,3 +49,63 @@ def test_projection_mlp_variants():
     sog = projection_mlp(16, 32, 8, 2, bn=True, last_bn=True)
     assert isinstance(sog[-1], torch.nn.BatchNorm1d) and not sog[-1].affine
     assert sog(torch.randn(4, 16)).shape == (4, 8)
+
+
+def _affine_bn(c, seed):
+    bn = torch.nn.BatchNorm2d(c)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        bn.weight.copy_(torch.rand(c, generator=g) + 0.5)
+        bn.bias.copy_(torch.randn(c, generator=g))
+        bn.running_mean.copy_(torch.randn(c, generator=g))
+        bn.running_var.copy_(torch.rand(c, generator=g) + 0.5)
+    return bn
+
+
+def test_split_batchnorm_is_batchnorm_on_each_group_separately():
+    """The MoCo CIFAR demo's SplitBatchNorm: group j = samples j, j+s, j+2s, ...; each
+    normalised by its own statistics; running statistics averaged over the groups;
+    gradients those of the groups' BatchNorms added up (the parameters are shared)."""
+    s, c = 3, 4
+    x = torch.randn(12, c, 5, 5, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(12, c, 5, 5, dtype=torch.float64)              # a random upstream gradient
+    base = _affine_bn(c, 0).double()
+    split = split_batchnorm(torch.nn.Sequential(copy.deepcopy(base)), s)[0]
+    assert isinstance(split, SplitBatchNorm2d)
+    out = split(x)
+    (out * w).sum().backward()
+
+    x_ref = x.detach().clone().requires_grad_(True)
+    out_ref = torch.empty_like(out)
+    groups = [copy.deepcopy(base) for _ in range(s)]
+    for j, bn in enumerate(groups):
+        out_ref[j::s] = bn(x_ref[j::s])
+    (out_ref * w).sum().backward()
+    torch.testing.assert_close(out, out_ref)
+    torch.testing.assert_close(x.grad, x_ref.grad)
+    torch.testing.assert_close(split.weight.grad, sum(bn.weight.grad for bn in groups))
+    torch.testing.assert_close(split.bias.grad, sum(bn.bias.grad for bn in groups))
+    torch.testing.assert_close(split.running_mean, sum(bn.running_mean for bn in groups) / s)
+    torch.testing.assert_close(split.running_var, sum(bn.running_var for bn in groups) / s)
+    assert int(split.num_batches_tracked) == 1
+    # eval mode, and one split, are plain BatchNorm2d
+    split.eval()
+    base.load_state_dict(split.state_dict())
+    torch.testing.assert_close(split(x.detach()), base.eval()(x.detach()))
+    one = SplitBatchNorm2d(c, 1).double()
+    torch.testing.assert_close(one(x.detach()), torch.nn.BatchNorm2d(c).double()(x.detach()))
+    with pytest.raises(ValueError, match="cannot be split into 3"):
+        split.train()(torch.randn(4, c, 5, 5, dtype=torch.float64))
+
+
+def test_split_batchnorm_converts_a_resnet_keeping_its_state_dict():
+    net = build_backbone("resnet18", 8, "cifar", 32)
+    keys = {k: v.clone() for k, v in net.state_dict().items()}
+    x = torch.randn(4, 3, 32, 32)
+    before = net.eval()(x)
+    split_batchnorm(net, 2)
+    assert sum(isinstance(m, SplitBatchNorm2d) for m in net.modules()) == 20  # every BN of R18
+    assert not any(type(m) is torch.nn.BatchNorm2d for m in net.modules())
+    assert all(torch.equal(keys[k], v) for k, v in net.state_dict().items())
+    assert net.state_dict().keys() == keys.keys()
+    torch.testing.assert_close(net.eval()(x), before)

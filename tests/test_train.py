@@ -37,13 +37,17 @@ def test_simclr_on_cifar_writes_the_run_directory(tmp_path, cifar_root):
 
 
 @pytest.mark.slow
-def test_resume_mid_epoch_is_bit_identical_to_an_uninterrupted_run(tmp_path, cifar_root):
-    common = [*TINY, f"dataset.root={cifar_root}", "dataset.subset=64", "epochs=2"]
+@pytest.mark.parametrize("script, extra", [("simclr.py", []),
+                                           ("moco.py", ["moco_k=64", "method.bn_splits=4"])])
+def test_resume_mid_epoch_is_bit_identical_to_an_uninterrupted_run(tmp_path, cifar_root,
+                                                                   script, extra):
+    """MoCo too: its queue, EMA key encoder and key shuffle continue exactly."""
+    common = [*TINY, f"dataset.root={cifar_root}", "dataset.subset=64", "epochs=2", *extra]
     full, split = tmp_path / "full", tmp_path / "split"
-    run("simclr.py", *common, f"hydra.run.dir={full}")
-    run("simclr.py", *common, "max_steps=3", f"hydra.run.dir={split}")      # stops mid-epoch 0
+    run(script, *common, f"hydra.run.dir={full}")
+    run(script, *common, "max_steps=3", f"hydra.run.dir={split}")      # stops mid-epoch 0
     assert _load(split)["step"] == 3
-    run("simclr.py", *common, "resume=true", f"hydra.run.dir={split}")
+    run(script, *common, "resume=true", f"hydra.run.dir={split}")
     a, b = _load(full), _load(split)
     assert a["step"] == b["step"] == 8
     for k in a["model"]:

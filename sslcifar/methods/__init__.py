@@ -10,7 +10,7 @@ the encoder that evaluation keeps.
 from torch import nn
 
 from ..losses import SogCLRLoss
-from ..models import build_backbone, projection_mlp
+from ..models import build_backbone, projection_mlp, split_batchnorm
 from .moco import MoCo
 from .simclr import SimCLR
 from .sogclr import SogCLR
@@ -40,6 +40,8 @@ def build_method(cfg, num_train: int, num_classes: int) -> nn.Module:
     if m.name == "supcon":
         return SupCon(backbone, projector, loss.temperature, loss.base_temperature)
     if m.name == "moco":
+        if m.bn_splits > 1:
+            split_batchnorm(backbone, m.bn_splits)      # before MoCo copies it for the keys
         return MoCo(backbone, projector, m.queue_size, m.momentum, loss.temperature,
                     m.symmetric, m.shuffle_bn)
     raise ValueError(f"method.name={m.name!r} is not one of {', '.join(METHODS)}")

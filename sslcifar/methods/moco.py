@@ -43,23 +43,28 @@ class MoCo(nn.Module):
         self.queue[rows] = keys.to(self.queue.dtype)
         self.queue_ptr.copy_((self.queue_ptr + n) % self.K)
 
+    def _encode_k(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.normalize(self.projector_k(self.backbone_k(x)), dim=1)
+
     @torch.no_grad()
     def _keys(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalised keys [N, D]. With several ranks the batch is shuffled across
-        ranks first (shuffle BN), so BatchNorm cannot use in-batch statistics to
-        find the positive (MoCo's 'cheating' through BN)."""
-        shuffle = self.shuffle_bn and dist.is_distributed()
-        if shuffle:
-            x_all = dist.gather(x)
-            perm = torch.randperm(x_all.shape[0], device=x.device)
-            torch.distributed.broadcast(perm, src=0)
-            b = x.shape[0]
-            x = x_all[perm[dist.rank() * b:(dist.rank() + 1) * b]]
-        k = nn.functional.normalize(self.projector_k(self.backbone_k(x)), dim=1)
-        if shuffle:
-            k_all = dist.gather(k)
-            k = k_all[torch.argsort(perm)][dist.rank() * b:(dist.rank() + 1) * b]
-        return k
+        """Normalised keys [N, D] of x [N, 3, H, W], in x's order. With shuffle_bn the
+        key encoder sees the batch in a random order, so BatchNorm cannot use in-batch
+        statistics to find the positive (MoCo's 'cheating' through BN): across ranks
+        when there are several, within the batch on one process (which matters with
+        method.bn_splits > 1, where each BN group is a random subset of the keys)."""
+        encode = self._encode_k
+        if not self.shuffle_bn:
+            return encode(x)
+        if not dist.is_distributed():
+            perm = torch.randperm(x.shape[0], device=x.device)
+            return encode(x[perm])[torch.argsort(perm)]
+        x_all = dist.gather(x)
+        perm = torch.randperm(x_all.shape[0], device=x.device)
+        torch.distributed.broadcast(perm, src=0)
+        b, r = x.shape[0], dist.rank()
+        k_all = dist.gather(encode(x_all[perm[r * b:(r + 1) * b]]))
+        return k_all[torch.argsort(perm)][r * b:(r + 1) * b]
 
     def forward(self, views: List[torch.Tensor], index: torch.Tensor,
                 labels: Optional[torch.Tensor] = None) -> dict:
