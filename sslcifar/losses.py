@@ -96,10 +96,10 @@ def supcon(features: torch.Tensor, labels: torch.Tensor = None, temperature: flo
     num_pos = pos.sum(1)
     mean_log_prob_pos = log_prob.masked_fill(~pos, 0).sum(1) / num_pos.clamp_min(1)
     loss = -(temperature / base_temperature) * mean_log_prob_pos
-    has_pos = num_pos > 0
-    if not has_pos.any():
-        return 0.0 * features.sum()
-    return loss[has_pos].mean()
+    # mean over the anchors that have a positive (0 when none has); written without
+    # boolean indexing so that no host-device synchronisation happens on the GPU
+    has_pos = (num_pos > 0).to(loss.dtype)
+    return (loss * has_pos).sum() / has_pos.sum().clamp_min(1)
 
 
 def moco_infonce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor,
