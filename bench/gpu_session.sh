@@ -34,7 +34,7 @@ section() { echo; echo "=== $* ($(date +%T))"; }
 section "unit tests of the data path and losses (CPU, this machine's torch)"
 $PY -m pytest -q -p no:cacheprovider tests/test_augment.py tests/test_losses.py 2>&1 | tail -3
 
-for opts in "" "--channels-last" "--precision fp32"; do
+for opts in "" "--channels-last" "--precision fp32" "--placement host"; do
     section "bench/throughput.py --width $WIDTH --batch $BATCH $opts"
     timeout 300 $PY bench/throughput.py --device "$DEVICE" --width "$WIDTH" --batch "$BATCH" \
         --steps "$STEPS" --rounds "$ROUNDS" --data-root "$DATA" $opts

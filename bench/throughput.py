@@ -49,6 +49,8 @@ def parse():
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto", help="auto (bf16 on CUDA) | fp32 | bf16")
     p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--placement", default="auto", choices=("auto", "device", "host"),
+                   help="(b): images on the device, or in (pinned) host memory, copied per batch")
     p.add_argument("--workers", type=int, default=os.cpu_count(), help="DataLoader workers for (c)")
     p.add_argument("--data-root", default=None, help="CIFAR-10 python layout; random pixels if absent")
     p.add_argument("--images", type=int, default=8192,
@@ -87,7 +89,7 @@ def main():
                            crop_ratio=tuple(a.crop_ratio), flip_p=a.flip_p, jitter_p=a.jitter_p,
                            brightness=a.brightness, contrast=a.contrast, saturation=a.saturation,
                            hue=a.hue, grayscale_p=a.grayscale_p)
-    src = ImageSource(data, device, augment, BatchNormalize(d.size, d.mean, d.std))
+    src = ImageSource(data, device, augment, BatchNormalize(d.size, d.mean, d.std), args.placement)
     cpu_src = ImageSource(data, torch.device("cpu"), augment, BatchNormalize(d.size, d.mean, d.std))
     device_batches = DeviceBatches(src, args.batch, 2, seed=0, rank=0, world=1)
     tv_batches = TorchvisionBatches(cpu_src, torchvision_transform(d.size, d.mean, d.std, a), args.batch,
@@ -184,7 +186,8 @@ def main():
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU x{os.cpu_count()}"
     print(f"device {name} | {args.backbone} width {args.width} | batch {args.batch} | "
           f"{amp or 'fp32'} | channels_last {args.channels_last} | torch threads {threads} | "
-          f"{args.workers} DataLoader workers | {'CIFAR-10' if args.data_root else 'random'} pixels")
+          f"{args.workers} DataLoader workers | {'CIFAR-10' if args.data_root else 'random'} pixels"
+          f"{' in host memory' if src.on_host else ''}")
     for k in ("bare", "device", "torchvision"):
         print(f"  ({'abc'['bare device torchvision'.split().index(k)]}) {k:12s} "
               f"{views_per_s[k]:9.0f} views/s  {1000 * med[k]:8.1f} ms/step")

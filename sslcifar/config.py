@@ -85,6 +85,8 @@ class DatasetConfig:
     num_classes: int = 0
     pipeline: str = "device"          # device (batched, in memory) | torchvision (per-image PIL in workers)
     num_workers: int = 2              # DataLoader workers, torchvision pipeline only
+    placement: str = "auto"           # pipeline=device: where the uint8 images live. auto: on the
+                                      # GPU if they take <= 1/4 of its free memory, else host | device | host
     train_split: str = "train"        # stl10: train+unlabeled for pretraining
     test_split: str = "test"
     # spirograph only (generated, no download)

@@ -19,6 +19,7 @@ CHOICES = {
     "optimizer.lr_scaling": ("none", "linear", "sqrt"),
     "scheduler.name": ("cosine", "constant"),
     "dataset.pipeline": ("device", "torchvision"),
+    "dataset.placement": ("auto", "device", "host"),
     "augment.interpolation": ("bilinear", "bicubic"),
     "backbone.stem": ("auto", "cifar", "stl", "imagenet"),
     "method.name": METHODS,

@@ -80,11 +80,11 @@ def test_imagefolder_of_real_jpegs(tmp_path):
 
 
 def test_epoch_order_is_a_permutation_that_changes_per_epoch():
-    a = epoch_order(50, 8, seed=0, epoch=0, device=torch.device("cpu"))
-    b = epoch_order(50, 8, seed=0, epoch=1, device=torch.device("cpu"))
+    a = epoch_order(50, 8, seed=0, epoch=0)
+    b = epoch_order(50, 8, seed=0, epoch=1)
     assert a.shape == (6, 8) and len(set(a.flatten().tolist())) == 48
     assert not torch.equal(a, b)
-    assert torch.equal(a, epoch_order(50, 8, seed=0, epoch=0, device=torch.device("cpu")))
+    assert torch.equal(a, epoch_order(50, 8, seed=0, epoch=0))
 
 
 def test_device_batches_resume_at_any_step_and_split_over_ranks():
@@ -117,3 +117,24 @@ def test_torchvision_pipeline_sees_the_same_batches(cifar_root):
     again = list(TorchvisionBatches(src, tf, 16, 2, seed=0, rank=0, world=1, num_workers=2,
                                     device=torch.device("cpu")).epoch(0))
     assert all(torch.equal(a[0][0], b[0][0]) for a, b in zip(tv, again))   # seeded per image
+
+
+def test_images_kept_in_host_memory_give_the_same_batches(cifar_root):
+    """dataset.placement=host (the fallback for data sets too big for the GPU) gathers each
+    batch from host memory with the loop's host-side indices: same images, same views."""
+    cfg = compose_cfg(overrides=[f"dataset.root={cifar_root}"])
+    d = cfg.dataset
+    data = load_cifar("cifar10", str(cifar_root), "train", download=False).first(64)
+    make = lambda placement: ImageSource(data, torch.device("cpu"), BatchAugment(32, d.mean, d.std),  # noqa: E731
+                                         BatchNormalize(32, d.mean, d.std), placement)
+    on_device, on_host = make("device"), make("host")
+    assert on_host.on_host and not on_device.on_host
+    a = list(DeviceBatches(on_device, 16, 2, seed=5, rank=1, world=2).epoch(1))
+    b = list(DeviceBatches(on_host, 16, 2, seed=5, rank=1, world=2).epoch(1))
+    assert len(a) == len(b) == 4
+    for (va, ia, ya), (vb, ib, yb) in zip(a, b):
+        assert torch.equal(ia, ib) and torch.equal(ya, yb)
+        assert all(torch.equal(x, y) for x, y in zip(va, vb))
+    index = torch.tensor([3, 60, 0, 17])
+    assert torch.equal(on_host.plain(index), on_device.plain(index))
+    assert torch.equal(on_host._gather(index), data.images[index])

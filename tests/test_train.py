@@ -55,6 +55,20 @@ def test_resume_mid_epoch_is_bit_identical_to_an_uninterrupted_run(tmp_path, cif
     assert _rows(full) == _rows(split)
 
 
+@pytest.mark.slow
+def test_data_kept_in_host_memory_trains_exactly_as_data_on_the_device(tmp_path, cifar_root):
+    """dataset.placement=host: the images stay in host memory and each batch is copied."""
+    common = [*TINY, f"dataset.root={cifar_root}", "dataset.subset=64", "max_steps=3",
+              "eval.knn_every=0"]
+    run("simclr.py", *common, "dataset.placement=device", f"hydra.run.dir={tmp_path / 'device'}")
+    proc = run("simclr.py", *common, "dataset.placement=host", f"hydra.run.dir={tmp_path / 'host'}")
+    assert "kept in host memory" in proc.stderr + proc.stdout
+    a, b = _load(tmp_path / "device"), _load(tmp_path / "host")
+    assert a["step"] == b["step"] == 3
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+
+
 def test_resume_without_a_checkpoint_refuses_to_start_over(tmp_path):
     proc = run("simclr.py", "experiment=demo", *TINY, "resume=true", f"hydra.run.dir={tmp_path}",
                check=False)

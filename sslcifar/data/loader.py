@@ -31,13 +31,23 @@ def mix_seed(*parts: int) -> int:
     return s
 
 
-def epoch_order(num_samples: int, batch_size: int, seed: int, epoch: int,
-                device: torch.device) -> torch.Tensor:
-    """[steps_per_epoch, batch_size] dataset indices of one epoch (drop_last)."""
-    g = torch.Generator(device=device).manual_seed(mix_seed(seed, epoch))
+def epoch_order(num_samples: int, batch_size: int, seed: int, epoch: int) -> torch.Tensor:
+    """[steps_per_epoch, batch_size] dataset indices of one epoch (drop_last), on the CPU.
+
+    Drawn on the CPU on every machine: a run sees the same images in the same
+    order on a CPU or a GPU, with its data on the GPU or in host memory, and in
+    either pipeline."""
+    g = torch.Generator().manual_seed(mix_seed(seed, epoch))
     steps = num_samples // batch_size
-    perm = torch.randperm(num_samples, generator=g, device=device)
+    perm = torch.randperm(num_samples, generator=g)
     return perm[: steps * batch_size].view(steps, batch_size)
+
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Copy to `device` without making the host wait (pinned source on CUDA)."""
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
 
 class DeviceBatches:
@@ -50,12 +60,16 @@ class DeviceBatches:
         self.steps_per_epoch = len(source) // batch_size
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
-        order = epoch_order(len(self.source), self.batch_size, self.seed, epoch, self.source.device)
+        host_order = epoch_order(len(self.source), self.batch_size, self.seed, epoch)
+        order = to_device(host_order, self.source.device)     # one copy per epoch
+        sl = slice(self.rank * self.local, (self.rank + 1) * self.local)
         for step in range(start_step, self.steps_per_epoch):
-            index = order[step, self.rank * self.local:(self.rank + 1) * self.local]
+            index = order[step, sl]
             g = torch.Generator(device=self.source.device)
             g.manual_seed(mix_seed(self.seed, epoch, step, self.rank))
-            views = self.source.views(index, self.num_views, g)
+            # host indices too: a source holding its images in host memory gathers
+            # with them, never reading indices back from the GPU
+            views = self.source.views(index, self.num_views, g, host_index=host_order[step, sl])
             yield views, index, self.source.labels[index]
 
 
@@ -110,8 +124,7 @@ class TorchvisionBatches:
         self.dataset = _PILViews(source.images, source.labels, transform, num_views)
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
-        order = epoch_order(len(self.source), self.batch_size, self.seed, epoch,
-                            torch.device("cpu"))
+        order = epoch_order(len(self.source), self.batch_size, self.seed, epoch)
         sl = slice(self.rank * self.local, (self.rank + 1) * self.local)
         batches = [[(int(i), mix_seed(self.seed, epoch, int(i))) for i in order[s, sl]]
                    for s in range(start_step, self.steps_per_epoch)]

@@ -8,8 +8,9 @@ and carries `targets` for evaluation: class labels [N] (classification) or
 the generative parameters [N, 4] (Spirograph, regression).
 
 Images live on the compute device as one uint8 tensor when they fit (all of
-CIFAR-10 is 150 MB); otherwise in pinned host memory, gathered per batch and
-copied asynchronously.
+CIFAR-10 is 150 MB); otherwise in host memory (pinned on CUDA), gathered per
+batch with indices that are already on the host and copied asynchronously, so
+no step waits for the GPU (`dataset.placement`).
 """
 import logging
 from typing import List, Optional
@@ -27,23 +28,30 @@ log = logging.getLogger(__name__)
 _DEVICE_SHARE = 0.25
 
 
-def _place(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+def _on_host(images: torch.Tensor, device: torch.device, placement: str) -> bool:
+    """Whether the training images stay in host memory (dataset.placement)."""
+    if placement != "auto":
+        return placement == "host"
     if device.type != "cuda":
-        return images.to(device)
+        return False
     free, _ = torch.cuda.mem_get_info(device)
-    if images.numel() <= _DEVICE_SHARE * free:
-        return images.to(device)
-    log.info("data set (%.1f GB) kept in pinned host memory", images.numel() / 1e9)
-    return images.pin_memory()
+    return images.numel() > _DEVICE_SHARE * free
 
 
 class ImageSource:
     task = "classification"
 
     def __init__(self, data: ImageSet, device: torch.device, augment: Optional[BatchAugment],
-                 normalize: BatchNormalize):
+                 normalize: BatchNormalize, placement: str = "auto"):
         self.device = device
-        self.images = _place(data.images, device)
+        self.on_host = _on_host(data.images, device, placement)
+        if self.on_host:
+            # page-locked memory lets the per-batch copy run asynchronously
+            self.images = data.images.pin_memory() if device.type == "cuda" else data.images
+            log.info("data set (%.2f GB) kept in host memory, copied per batch",
+                     data.images.numel() / 1e9)
+        else:
+            self.images = data.images.to(device)
         self.labels = data.labels.to(device)
         self.targets = self.labels
         self.classes = data.classes
@@ -57,16 +65,22 @@ class ImageSource:
     def has_labels(self) -> bool:
         return bool((self.labels >= 0).any())
 
-    def _gather(self, index: torch.Tensor) -> torch.Tensor:
-        if self.images.device == self.device:
+    def _gather(self, index: torch.Tensor, host_index: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """uint8 images [B, 3, H, W] on the compute device. `host_index`: the same
+        indices on the CPU (the training loop has them), sparing a device-to-host copy."""
+        if not self.on_host:
             return self.images[index]
-        # pinned host copy -> device, overlapping with compute
-        batch = torch.empty((len(index),) + self.images.shape[1:], dtype=torch.uint8).pin_memory()
-        torch.index_select(self.images, 0, index.cpu(), out=batch)
+        if host_index is None:
+            host_index = index.cpu()        # evaluation only: waits for the GPU once per batch
+        batch = torch.empty((len(host_index),) + self.images.shape[1:], dtype=torch.uint8,
+                            pin_memory=self.images.is_pinned())
+        torch.index_select(self.images, 0, host_index, out=batch)
+        # from pinned memory: returns at once, the copy overlaps with the GPU's work
         return batch.to(self.device, non_blocking=True)
 
-    def views(self, index: torch.Tensor, num_views: int, generator: torch.Generator) -> List[torch.Tensor]:
-        x = self._gather(index)
+    def views(self, index: torch.Tensor, num_views: int, generator: torch.Generator,
+              host_index: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
+        x = self._gather(index, host_index)
         return [self.augment(x, generator) for _ in range(num_views)]
 
     def plain(self, index: torch.Tensor) -> torch.Tensor:
@@ -94,7 +108,8 @@ class SpirographSource:
 
     has_labels = False
 
-    def views(self, index: torch.Tensor, num_views: int, generator: torch.Generator) -> List[torch.Tensor]:
+    def views(self, index: torch.Tensor, num_views: int, generator: torch.Generator,
+              host_index: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
         p = self.params[index]
         out = []
         for _ in range(num_views):
@@ -132,4 +147,4 @@ def build_source(cfg, split: str, device: torch.device):
         grayscale_p=a.grayscale_p, blur_p=a.blur_p, blur_kernel_size=a.blur_kernel_size,
         blur_sigma=tuple(a.blur_sigma), solarize_p=a.solarize_p,
         solarize_threshold=a.solarize_threshold) if split == "train" else None
-    return ImageSource(data, device, augment, normalize)
+    return ImageSource(data, device, augment, normalize, d.placement)
