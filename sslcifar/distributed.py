@@ -49,7 +49,10 @@ def init_from_env(device_type: str) -> None:
         os.environ.update(RANK=str(env.global_rank), LOCAL_RANK=str(env.local_rank),
                           WORLD_SIZE=str(env.num_tasks),
                           MASTER_ADDR=env.hostnames[0],
-                          MASTER_PORT=os.environ.get("MASTER_PORT", str(20000 + int(env.job_id) % 20000)))
+                          # SLURM_JOB_ID: unique per job, also per element of a job array
+                          # (env.job_id reads "<array>_<index>" there)
+                          MASTER_PORT=os.environ.get("MASTER_PORT",
+                                                     str(20000 + int(env.raw_job_id) % 20000)))
     backend = "nccl" if device_type == "cuda" else "gloo"
     if device_type == "cuda":
         torch.cuda.set_device(local_rank())

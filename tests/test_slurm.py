@@ -117,6 +117,43 @@ def test_two_by_two_multirun_on_slurm_and_its_report(tmp_path):
     assert md[3].startswith("| job | batch_size | loss.temperature | step | loss | knn_r2 |")
 
 
+def test_a_job_with_two_tasks_trains_exactly_as_torchrun_with_two_processes(tmp_path):
+    """hydra.launcher.tasks_per_node=2 (one task per GPU on a cluster): each SLURM task is one
+    process of the torch.distributed group, found through submitit's JobEnvironment (rank,
+    master host, a port from the job's own SLURM_JOB_ID, unique also inside a job array)."""
+    common = [*JOB, "dataset.num_train=128", "batch_size=32", "epochs=2"]
+    slurm = ["hydra/launcher=slurm", f"hydra.launcher.partition={PARTITION}",
+             "hydra.launcher.tasks_per_node=2", "hydra.launcher.cpus_per_task=1",
+             "hydra.launcher.mem_gb=2", "hydra.launcher.timeout_min=30"]
+    try:       # two jobs: submitit submits a single job as a plain job, not as an array
+        proc = subprocess.run([sys.executable, str(REPO / "simclr.py"), "-m", *slurm, *common,
+                               "seed=3,4"], cwd=tmp_path, env=_env(), capture_output=True,
+                              text=True, timeout=300)
+    finally:
+        _cancel_array(tmp_path)
+    sweep = _sweep_dir(tmp_path)
+    logs = "".join(p.read_text() for p in sweep.glob(".submitit/*/*_log.*"))
+    assert proc.returncode == 0, proc.stderr[-2000:] + logs[-3000:]
+    ids = _job_ids(sweep)
+    assert sorted(i.split("_")[1] for i in ids.values()) == ["0", "1"]     # one array, 2 jobs
+    for job, job_id in ids.items():
+        assert sorted(p.name for p in sweep.glob(f".submitit/{job_id}/*_log.out")) == \
+            [f"{job_id}_{t}_log.out" for t in (0, 1)]                    # two tasks each
+        assert "| 2 process(es)" in (job / "simclr.log").read_text()
+        assert json.loads((job / "done.json").read_text())["step"] == 8
+    job = next(j for j in ids if "+seed-3+" in j.name)
+
+    twin = tmp_path / "torchrun"
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                    "--nproc_per_node=2", str(REPO / "simclr.py"), *common, "seed=3",
+                    f"hydra.run.dir={twin}"], cwd=tmp_path, env=_env(), check=True,
+                   capture_output=True, timeout=300)
+    a = json.loads((twin / "done.json").read_text())
+    b = json.loads((job / "done.json").read_text())
+    for key in ("step", "loss", "knn_r2"):
+        assert a[key] == b[key], (key, a[key], b[key])
+
+
 def test_requeued_jobs_resume_and_match_uninterrupted_twins(tmp_path):
     # 4 epochs of 32 steps: the first checkpoint (end of epoch 0) comes after a few
     # seconds, and 96 steps remain to catch the jobs in the middle of their run
