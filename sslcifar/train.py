@@ -190,8 +190,10 @@ def train(cfg) -> Dict[str, float]:
                             f"hydra.run.dir at the run to continue, or drop resume=true")
         if state is not None:
             step = _restore(state, method, optimizer, scaler, probe, metrics, meters)
-            log.info("resumed from %s at step %d (epoch %d)%s", path, step, step // steps_per_epoch,
-                     f" after SLURM requeue #{_requeued()}" if _requeued() else "")
+            if is_main:     # under SLURM every task writes to the same log file
+                    log.info("resumed from %s at step %d (epoch %d)%s", path, step,
+                             step // steps_per_epoch,
+                             f" after SLURM requeue #{_requeued()}" if _requeued() else "")
         elif _requeued():
             log.warning("SLURM requeue #%d, but no checkpoint in %s yet: starting from step 0",
                         _requeued(), ckpt_dir)
@@ -250,8 +252,9 @@ def train(cfg) -> Dict[str, float]:
                 metrics.scalar("train/lr", lrs[step - 1], step)
                 pending = []
             if stopping:
-                log.warning("signal %s received at step %d: saving a checkpoint and stopping "
-                            "for requeue", stop.signum or "(on another rank)", step)
+                if is_main:     # all ranks stop at this step; one line says so
+                    log.warning("signal %s received at step %d: saving a checkpoint and stopping "
+                                "for requeue", stop.signum or "(on another rank)", step)
                 save()
                 stop.forward_to_previous()
                 raise SystemExit(0)

@@ -154,6 +154,47 @@ def test_a_job_with_two_tasks_trains_exactly_as_torchrun_with_two_processes(tmp_
         assert a[key] == b[key], (key, a[key], b[key])
 
 
+def test_a_two_task_job_stopped_by_usr2_resumes_and_matches_torchrun(tmp_path):
+    """Preemption of a multi-process job: both tasks get USR2, they agree on the step, rank 0
+    saves and requeues the job (submitit lets only rank 0 requeue), both tasks come back and
+    resume; the job ends exactly as an uninterrupted `torchrun --nproc_per_node=2` run."""
+    common = [*JOB, "dataset.num_train=1024", "batch_size=32", "epochs=4", "log_every=4"]
+    slurm = ["hydra/launcher=slurm", f"hydra.launcher.partition={PARTITION}",
+             "hydra.launcher.tasks_per_node=2", "hydra.launcher.cpus_per_task=1",
+             "hydra.launcher.mem_gb=2", "hydra.launcher.timeout_min=30"]
+    launcher = subprocess.Popen([sys.executable, str(REPO / "simclr.py"), "-m", *slurm, *common,
+                                 "seed=5"], cwd=tmp_path, env=_env(),
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    twin = tmp_path / "torchrun"
+    try:
+        _wait(lambda: list(tmp_path.glob("outputs/multirun/simclr/*/*/checkpoints/last.pt")),
+              240, "the job never saved its first checkpoint")
+        sweep = _sweep_dir(tmp_path)
+        ((job, job_id),) = _job_ids(sweep).items()
+        subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
+        subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                        "--nproc_per_node=2", str(REPO / "simclr.py"), *common, "seed=5",
+                        f"hydra.run.dir={twin}"], cwd=tmp_path, env=_env(), check=True,
+                       capture_output=True, timeout=300)
+        out, _ = launcher.communicate(timeout=400)
+        assert launcher.returncode == 0, out[-3000:]
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+        _cancel_array(tmp_path)
+    log = (job / "simclr.log").read_text()
+    stop = [l for l in log.splitlines() if "signal 12 received at step" in l]
+    resumed = [l for l in log.splitlines() if "resumed from" in l]
+    assert len(stop) == 1 and len(resumed) == 1, log[-3000:]
+    step = int(stop[0].split("at step ")[1].split(":")[0])
+    assert 32 <= step < 128 and f"at step {step} (epoch {step // 32}) after SLURM requeue #1" \
+        in resumed[0]
+    a = json.loads((twin / "done.json").read_text())
+    b = json.loads((job / "done.json").read_text())
+    for key in ("step", "loss", "knn_r2"):
+        assert a[key] == b[key], (key, a[key], b[key])
+
+
 def test_requeued_jobs_resume_and_match_uninterrupted_twins(tmp_path):
     # 4 epochs of 32 steps: the first checkpoint (end of epoch 0) comes after a few
     # seconds, and 96 steps remain to catch the jobs in the middle of their run
