@@ -77,14 +77,20 @@ class OnlineProbe(nn.Module):
         self.fc = nn.Linear(num_features, num_classes)
         self.opt = torch.optim.Adam(self.fc.parameters(), lr=lr)
 
-    def step(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """One update; returns the number of correct predictions (made before it)."""
+    def step(self, features: torch.Tensor, labels: torch.Tensor):
+        """One update on the labelled images of the batch (label -1: STL-10's unlabeled
+        split, left out). Returns (correct predictions made before it, labelled images)."""
         logits = self.fc(features.float())
-        loss = F.cross_entropy(logits, labels)
+        labelled = labels >= 0
+        count = labelled.sum()
+        # masked mean, not boolean indexing: no host-device sync, and a batch without
+        # any label gives a zero loss instead of NaN
+        loss = (F.cross_entropy(logits, labels.clamp_min(0), reduction="none") * labelled).sum() \
+            / count.clamp_min(1)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
-        return (logits.argmax(1) == labels).sum()
+        return ((logits.argmax(1) == labels) & labelled).sum(), count
 
 
 class StopRequest:
@@ -226,7 +232,9 @@ def train(cfg) -> Dict[str, float]:
             out = train_step(step_fn, optimizer, scaler, autocast, views, index, labels)
             loss = out["loss"]
             if probe is not None:
-                meters["probe_correct"] += probe.step(out["features"], labels)
+                correct, labelled = probe.step(out["features"], labels)
+                meters["probe_correct"] += correct
+                meters["probe_seen"] += labelled
             step += 1
             pending.append(loss.detach())
             meters["loss_sum"] += loss.detach().double()
@@ -269,7 +277,7 @@ def train(cfg) -> Dict[str, float]:
                                          and (epoch + 1) % cfg.eval.knn_every == 0)
         if epoch_end or step == last_step:
             row = _epoch_row(epoch, step, meters, lrs[step - 1], cfg.batch_size * steps_done / elapsed,
-                             probe is not None, cfg.batch_size)
+                             probe is not None)
             if not epoch_end:
                 row["partial"] = True       # stopped by max_steps mid-epoch; dropped on resume
             if evaluate:
@@ -324,18 +332,17 @@ def _requeued() -> int:
 
 def _new_meters(device) -> dict:
     z = lambda: torch.zeros((), dtype=torch.float64, device=device)  # noqa: E731
-    return {"loss_sum": z(), "seen": z(), "probe_correct": z()}
+    return {"loss_sum": z(), "seen": z(), "probe_correct": z(), "probe_seen": z()}
 
 
-def _epoch_row(epoch, step, meters, lr, images_per_s, has_probe, batch_size) -> dict:
+def _epoch_row(epoch, step, meters, lr, images_per_s, has_probe) -> dict:
     n = max(meters["seen"].item(), 1)
     row = {"epoch": epoch, "step": step, "loss": meters["loss_sum"].item() / n, "lr": lr,
            "images_per_s": images_per_s}
     if has_probe:
-        local = batch_size // dist.world_size()
-        row["online_top1"] = 100.0 * meters["probe_correct"].item() / (n * local)
+        row["online_top1"] = 100.0 * meters["probe_correct"].item() / max(meters["probe_seen"].item(), 1)
     for k, v in meters.items():
-        if k not in ("loss_sum", "seen", "probe_correct"):
+        if k not in ("loss_sum", "seen", "probe_correct", "probe_seen"):
             row[k] = v.item() / n
     return row
 

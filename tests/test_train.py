@@ -69,6 +69,33 @@ def test_data_kept_in_host_memory_trains_exactly_as_data_on_the_device(tmp_path,
         assert torch.equal(a["model"][k], b["model"][k]), k
 
 
+def _tiny_stl10(root, n_train=16, n_unlabeled=48, n_test=16):
+    """stl10_binary/ in the official layout (column-major 96x96, labels 1..10), random pixels."""
+    import numpy as np
+    folder = root / "stl10_binary"
+    folder.mkdir(parents=True)
+    rng = np.random.RandomState(0)
+    for part, n in (("train", n_train), ("unlabeled", n_unlabeled), ("test", n_test)):
+        x = rng.randint(0, 256, (n, 3, 96, 96), dtype=np.uint8)
+        x.transpose(0, 1, 3, 2).tofile(folder / f"{part}_X.bin")
+        if part != "unlabeled":
+            (np.arange(n) % 10 + 1).astype(np.uint8).tofile(folder / f"{part}_y.bin")
+
+
+@pytest.mark.slow
+def test_stl10_pretrains_on_train_plus_unlabeled_with_the_online_probe(tmp_path):
+    """The default STL-10 split mixes labelled and unlabeled (-1) images: the online probe
+    learns from the labelled ones only, kNN votes with the labelled ones only."""
+    _tiny_stl10(tmp_path / "data")
+    out = tmp_path / "run"
+    run("simclr.py", *TINY, "dataset=stl10", f"dataset.root={tmp_path / 'data'}",
+        f"hydra.run.dir={out}")
+    (row,) = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert row["step"] == 4                               # (16 + 48) images / 16 a step
+    assert 0 <= row["online_top1"] <= 100 and 0 <= row["knn_top1"] <= 100
+    assert all(torch.isfinite(v).all() for v in _load(out)["probe"].values())
+
+
 def test_resume_without_a_checkpoint_refuses_to_start_over(tmp_path):
     proc = run("simclr.py", "experiment=demo", *TINY, "resume=true", f"hydra.run.dir={tmp_path}",
                check=False)
