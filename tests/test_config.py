@@ -94,3 +94,14 @@ def test_struct_mode_rejects_new_keys_in_code():
     cfg = compose_cfg()
     with pytest.raises(ConfigAttributeError):
         cfg.optimizer.not_a_key = 1
+
+
+def test_supcontrast_cross_entropy_preset_augments_like_main_ce():
+    """SupContrast's main_ce.py: RandomResizedCrop(scale=(0.2, 1)) and flip, nothing else;
+    its SupCon rows add colour jitter (p=0.8) and grayscale (p=0.2)."""
+    ce = compose_cfg(overrides=["experiment=supcon_cifar10_ce"])
+    assert (ce.method.name, ce.batch_size, ce.optimizer.lr) == ("supervised", 1024, 0.8)
+    assert list(ce.augment.crop_scale) == [0.2, 1.0] and ce.augment.flip_p == 0.5
+    assert ce.augment.jitter_p == ce.augment.grayscale_p == ce.augment.blur_p == 0
+    supcon = compose_cfg(overrides=["experiment=supcon_cifar10"])
+    assert (supcon.augment.jitter_p, supcon.augment.grayscale_p) == (0.8, 0.2)

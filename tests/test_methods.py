@@ -11,12 +11,12 @@ from sslcifar.models import SplitBatchNorm2d, build_backbone, projection_mlp, sp
 from .test_config import compose_cfg
 
 
-def tiny_moco(K=10, m=0.9):
+def tiny_moco(K=10, m=0.9, symmetric=False):
     torch.manual_seed(0)
     backbone = build_backbone("resnet18", 4, "cifar", 16)
     proj = projection_mlp(backbone.num_features, None, 8, 2, bn=False)
     return MoCo(backbone, proj, queue_size=K, momentum=m, temperature=0.2,
-                symmetric=False, shuffle_bn=True)
+                symmetric=symmetric, shuffle_bn=True)
 
 
 def test_key_encoder_gets_no_gradient_and_moves_by_the_ema_rule():
@@ -141,3 +141,32 @@ def test_moco_config_uses_the_cifar_demos_split_batchnorm():
     assert splits == {8}
     assert any(isinstance(m, SplitBatchNorm2d) for m in model.backbone_k.modules())
     assert not any(type(m) is torch.nn.BatchNorm2d for m in model.backbone.modules())
+
+
+def test_symmetric_moco_sums_both_directions_like_the_moco_cifar_demo():
+    """loss = loss_12 + loss_21 (not their mean); both use the queue before this batch's
+    keys, which are enqueued as [k1, k2]."""
+    model = tiny_moco(K=12, m=0.9, symmetric=True).eval()   # eval: running BN, shuffle inert
+    ref = copy.deepcopy(model)
+    torch.manual_seed(2)
+    x1, x2 = torch.randn(4, 3, 16, 16), torch.randn(4, 3, 16, 16)
+    loss = model([x1, x2], torch.arange(4))["loss"]
+
+    def naive_infonce(q, k, queue, t=0.2):
+        total = 0.0
+        for i in range(q.shape[0]):
+            logits = torch.cat([(q[i] * k[i]).sum().view(1), queue @ q[i]]) / t
+            total = total - torch.log_softmax(logits, 0)[0]
+        return total / q.shape[0]
+
+    with torch.no_grad():
+        queue = ref.queue.clone()
+        for a, b in ((ref.backbone, ref.backbone_k), (ref.projector, ref.projector_k)):
+            for pq, pk in zip(a.parameters(), b.parameters()):
+                pk.copy_(0.9 * pk + 0.1 * pq)                   # the EMA step, once per batch
+        enc = lambda bb, pr, x: torch.nn.functional.normalize(pr(bb(x)), dim=1)  # noqa: E731
+        q1, q2 = enc(ref.backbone, ref.projector, x1), enc(ref.backbone, ref.projector, x2)
+        k1, k2 = enc(ref.backbone_k, ref.projector_k, x1), enc(ref.backbone_k, ref.projector_k, x2)
+        expected = naive_infonce(q1, k2, queue) + naive_infonce(q2, k1, queue)
+    torch.testing.assert_close(loss.detach(), expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(model.queue[:8], torch.cat([k1, k2]), rtol=1e-5, atol=1e-6)

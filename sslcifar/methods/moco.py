@@ -79,7 +79,8 @@ class MoCo(nn.Module):
         if self.symmetric:
             q2 = nn.functional.normalize(self.projector(self.backbone(x2)), dim=1)
             k1 = self._keys(x1)
-            loss = 0.5 * (loss + moco_infonce(q2, k1, self.queue.clone(), self.T))
+            # the sum, as the MoCo CIFAR-10 demo (`loss_12 + loss_21`), not the mean
+            loss = loss + moco_infonce(q2, k1, self.queue.clone(), self.T)
             keys = torch.cat([k1, k2])
         self._dequeue_and_enqueue(keys)
         return {"loss": loss, "features": h1.detach()}
