@@ -10,12 +10,14 @@ register_configs()
 
 
 def report_user_errors(fn):
-    """Turn a UserError into one line on stderr and exit status 2 (no traceback).
-    Anything else is a bug and keeps its traceback."""
+    """Check the composed config's keys, then run; turn a UserError into one line on
+    stderr and exit status 2 (no traceback). Anything else is a bug and keeps its traceback."""
     @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
+    def wrapper(cfg, *args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            from .validate import check_known_keys
+            check_known_keys(cfg)
+            return fn(cfg, *args, **kwargs)
         except UserError as e:
             logging.getLogger("sslcifar").debug("user error", exc_info=True)
             print(f"error: {e}", file=sys.stderr, flush=True)

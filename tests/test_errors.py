@@ -28,6 +28,10 @@ def _user_error(proc):
     ("batch_size=5000", "batch_size=5000 is not allowed: the training split has only 64 images"),
     ("eval.knn_k=0", "eval.knn_k=0 is not allowed: needs >= 1 neighbour"),
     ("log_every=0", "log_every=0 is not allowed: needs >= 1"),
+    ("dataset.placement=gpu", "dataset.placement=gpu is not allowed: use one of auto, device, host"),
+    # Hydra's own hint for a misspelt key is to add it with '+': then it would be ignored
+    ("+loss.temprature=0.1", "loss.temprature is not a config key. Fix: use loss.temperature"),
+    ("+epoch=3", "epoch is not a config key. Fix: use epochs"),
 ])
 def test_invalid_values_are_rejected_before_training(tmp_path, override, expected):
     proc = run("simclr.py", "experiment=demo", *TINY, "dataset.num_train=64", "dataset.num_test=32",
@@ -88,3 +92,8 @@ def test_composition_errors_name_the_key(tmp_path, override, needle):
     proc = run("simclr.py", override, f"hydra.run.dir={tmp_path}", check=False)
     assert proc.returncode != 0
     assert needle in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_an_added_key_is_refused_by_the_evaluation_commands_too(tmp_path):
+    proc = run("linear_eval.py", "+lrr=0.1", f"hydra.run.dir={tmp_path}", check=False)
+    assert "lrr is not a config key. Fix: use lr" in _user_error(proc)
