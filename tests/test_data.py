@@ -138,3 +138,25 @@ def test_images_kept_in_host_memory_give_the_same_batches(cifar_root):
     index = torch.tensor([3, 60, 0, 17])
     assert torch.equal(on_host.plain(index), on_device.plain(index))
     assert torch.equal(on_host._gather(index), data.images[index])
+
+
+def _png_folder(folder, classes=("a", "b"), n=2):
+    from PIL import Image
+    for c in classes:
+        (folder / c).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(np.full((12, 12, 3), 40 * i, dtype=np.uint8)).save(folder / c / f"{i}.png")
+
+
+def test_imagefolder_without_a_test_folder(tmp_path, caplog):
+    """root/<class>/...: the test split is the training images, said in a warning;
+    root/train/<class>/... without root/test/: an error, not a one-class 'train' set."""
+    _png_folder(tmp_path / "flat")
+    with caplog.at_level(logging.WARNING):
+        d = load_imagefolder(str(tmp_path / "flat"), "test", size=8)
+    assert d.classes == ["a", "b"] and len(d) == 4
+    assert "has no test/ folder" in caplog.text
+    _png_folder(tmp_path / "split" / "train")
+    assert len(load_imagefolder(str(tmp_path / "split"), "train", size=8)) == 4
+    with pytest.raises(UserError, match="has a train/ folder but no test/ folder"):
+        load_imagefolder(str(tmp_path / "split"), "test", size=8)

@@ -138,6 +138,12 @@ def load_imagefolder(root: str, split: str, size: int) -> ImageSet:
     from PIL import Image
     base = Path(root).expanduser()
     folder = base / split if (base / split).is_dir() else base
+    if folder == base and split == "test" and (base / "train").is_dir():
+        raise UserError(f"{base} has a train/ folder but no test/ folder. Fix: add "
+                        f"{base}/test/<class>/<image>, or set dataset.test_split to its name")
+    if folder == base and split == "test":
+        log.warning("%s has no test/ folder: the kNN monitor and linear evaluation score the "
+                    "training images themselves (set dataset.test_split to a held-out folder)", base)
     if not folder.is_dir():
         raise UserError(f"dataset.root={root!r} is not a folder. Fix: point dataset.root at "
                         f"a folder of class sub-folders (root/<class>/<image>)")
