@@ -34,6 +34,7 @@ from .methods import build_method
 from .metrics import MetricsLog
 from .models import resolve_stem
 from .optim import build_optimizer, scaled_lr
+from .resume import check_same_config, current_overrides
 from .schedule import lr_schedule
 from .validate import check_writable, validate_config, validate_data
 
@@ -195,6 +196,11 @@ def train(cfg) -> Dict[str, float]:
             raise UserError(f"resume=true but {ckpt_dir} holds no checkpoint. Fix: point "
                             f"hydra.run.dir at the run to continue, or drop resume=true")
         if state is not None:
+            # every rank checks (same answer everywhere: none is left waiting in a collective)
+            for warning in check_same_config(state.get("config", {}), as_dict(cfg), run_dir,
+                                             state.get("overrides"), put_back=is_main):
+                if is_main:
+                    log.warning(warning)
             step = _restore(state, method, optimizer, scaler, probe, metrics, meters)
             if is_main:     # under SLURM every task writes to the same log file
                     log.info("resumed from %s at step %d (epoch %d)%s", path, step,
@@ -211,8 +217,8 @@ def train(cfg) -> Dict[str, float]:
 
     def save():
         if is_main:
-            ckpt.save_last(_state(cfg, step, method, optimizer, scaler, probe, metrics, meters),
-                           ckpt_dir)
+            ckpt.save_last(_state(cfg, step, step // steps_per_epoch, method, optimizer, scaler,
+                                  probe, metrics, meters), ckpt_dir)
         dist.barrier()
 
     stop = StopRequest()
@@ -291,7 +297,8 @@ def train(cfg) -> Dict[str, float]:
                 meters = _new_meters(device)
             save()
             if is_main and epoch_end and cfg.checkpoint_every and (epoch + 1) % cfg.checkpoint_every == 0:
-                ckpt.atomic_save(_state(cfg, step, method, optimizer, scaler, probe, metrics, meters),
+                ckpt.atomic_save(_state(cfg, step, step // steps_per_epoch, method, optimizer,
+                                        scaler, probe, metrics, meters),
                                  ckpt_dir / f"epoch_{epoch + 1}.pt")
 
     # ------------------------------------------------------------------ final
@@ -388,9 +395,11 @@ def _progress(cfg, is_main, epoch, start, total):
                 unit_scale=True, leave=False, dynamic_ncols=True)
 
 
-def _state(cfg, step, method, optimizer, scaler, probe, metrics, meters) -> dict:
-    state = {"step": step, "model": method.state_dict(), "optimizer": optimizer.state_dict(),
-             "scaler": scaler.state_dict(), "config": as_dict(cfg), "metrics": metrics.rows,
+def _state(cfg, step, epochs_done, method, optimizer, scaler, probe, metrics, meters) -> dict:
+    # `epoch`: completed epochs, as MoCo and SupContrast store it (the schedule follows `step`)
+    state = {"step": step, "epoch": epochs_done, "model": method.state_dict(),
+             "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+             "config": as_dict(cfg), "overrides": current_overrides(), "metrics": metrics.rows,
              "meters": {k: v.cpu() for k, v in meters.items()},
              "rng": {"torch": torch.get_rng_state()}}
     if torch.cuda.is_available():

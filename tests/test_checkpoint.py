@@ -98,6 +98,7 @@ def test_diverging_run_stops_naming_epoch_and_step_and_keeps_the_last_good_check
     line = proc.stderr.strip().splitlines()[-1]
     # step 5 still uses the good weights; its update with lr 1e30 makes step 6's loss NaN
     assert line.startswith("error: loss is nan at epoch 1 step 6"), line
+    assert "resuming with optimizer.lr=1e+30 (the checkpoint trained with" in proc.stdout + proc.stderr
     kept = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
     assert kept["step"] == good["step"] == 4
     assert all(torch.equal(kept["model"][k], good["model"][k]) for k in good["model"])

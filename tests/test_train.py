@@ -96,6 +96,33 @@ def test_stl10_pretrains_on_train_plus_unlabeled_with_the_online_probe(tmp_path)
     assert all(torch.isfinite(v).all() for v in _load(out)["probe"].values())
 
 
+@pytest.mark.slow
+def test_resume_with_another_config_stops_and_names_the_overrides_to_add(tmp_path, cifar_root):
+    """`resume=true` without the first run's overrides would continue another experiment in
+    the same folder: it stops with one line instead, and keeps the run's record intact."""
+    import yaml
+    out = tmp_path / "run"
+    first = [*TINY, f"dataset.root={cifar_root}", "dataset.subset=64", "epochs=2",
+             "loss.temperature=0.2"]
+    run("simclr.py", *first, "max_steps=3", f"hydra.run.dir={out}")
+    overrides = yaml.safe_load((out / ".hydra" / "overrides.yaml").read_text())
+    saved = (out / "checkpoints" / "last.pt").read_bytes()
+    proc = run("simclr.py", *TINY, f"dataset.root={cifar_root}", "resume=true",
+               f"hydra.run.dir={out}", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: resume=true with a config that differs from the checkpoint's")
+    assert "dataset.subset (None here, 64 in the checkpoint)" in line
+    assert "add dataset.subset=64 epochs=2 loss.temperature=0.2" in line
+    assert (out / "checkpoints" / "last.pt").read_bytes() == saved
+    assert yaml.safe_load((out / ".hydra" / "overrides.yaml").read_text()) == overrides
+    assert yaml.safe_load((out / ".hydra" / "config.yaml").read_text())["dataset"]["subset"] == 64
+    # with them (and another log_every, which may change) it goes on to the end
+    run("simclr.py", *first, "log_every=2", "resume=true", f"hydra.run.dir={out}")
+    state = _load(out)
+    assert (state["step"], state["epoch"]) == (8, 2)
+
+
 def test_resume_without_a_checkpoint_refuses_to_start_over(tmp_path):
     proc = run("simclr.py", "experiment=demo", *TINY, "resume=true", f"hydra.run.dir={tmp_path}",
                check=False)

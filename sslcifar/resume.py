@@ -1,0 +1,81 @@
+"""Resuming a run: the config must be the one the checkpoint was trained with.
+
+`python simclr.py hydra.run.dir=RUN resume=true` composes the config again from the
+command line. Without the first run's overrides it would silently continue another
+experiment (other data, schedule or temperature) in the same folder. So the composed
+config is compared with the one saved in the checkpoint; only the keys below may
+differ. On a mismatch the run stops with one line listing the overrides to add, and the
+run's `.hydra/config.yaml` and `overrides.yaml`, which Hydra has already rewritten for
+this attempt, are put back as the checkpoint recorded them.
+"""
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from .errors import UserError
+
+# how the run is watched, where its files are, how long it goes on this time: may change
+MAY_DIFFER = {"resume", "run_dir", "max_steps", "progress", "log_every", "tensorboard",
+              "checkpoint_every", "device", "compile", "dataset.root", "dataset.download",
+              "dataset.num_workers", "dataset.placement", "eval.knn_every", "eval.tsne",
+              "eval.tsne_points"}
+# the remedies for a diverged run (continue from its last good checkpoint with a lower
+# learning rate, or in fp32): may change, with a warning in the log
+MAY_DIFFER_WITH_WARNING = {"optimizer.lr", "precision"}
+
+
+def flatten(d: dict, prefix: str = "") -> Dict[str, object]:
+    """{'a': {'b': 1}} -> {'a.b': 1}"""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _override(key: str, value) -> str:
+    if value is None:
+        return f"{key}=null"
+    if isinstance(value, list):
+        return f"{key}=[{','.join(str(v) for v in value)}]"
+    return f"{key}={value}"
+
+
+def check_same_config(saved: dict, current: dict, run_dir: Path,
+                      overrides: Optional[List[str]], put_back: bool = True) -> List[str]:
+    """Raise UserError naming every key whose value differs from the checkpoint's; return
+    the warnings for the keys of MAY_DIFFER_WITH_WARNING that do. Keys that the checkpoint
+    does not have (options added since) are not compared."""
+    now, then = flatten(current), flatten(saved)
+    changed = sorted(k for k in then if k in now and k not in MAY_DIFFER and now[k] != then[k])
+    differ = [k for k in changed if k not in MAY_DIFFER_WITH_WARNING]
+    if not differ:
+        return [f"resuming with {k}={now[k]} (the checkpoint trained with {then[k]})"
+                for k in changed]
+    if put_back:
+        _put_back_hydra_record(run_dir, saved, overrides)
+    shown = ", ".join(f"{k} ({now[k]!r} here, {then[k]!r} in the checkpoint)" for k in differ[:6])
+    more = f" and {len(differ) - 6} more" if len(differ) > 6 else ""
+    fix = " ".join(_override(k, then[k]) for k in differ)
+    raise UserError(f"resume=true with a config that differs from the checkpoint's: {shown}{more}. "
+                    f"Fix: resume with the run's own overrides (see {run_dir}/.hydra/overrides.yaml),"
+                    f" e.g. add {fix}")
+
+
+def _put_back_hydra_record(run_dir: Path, saved: dict, overrides: Optional[List[str]]) -> None:
+    hydra_dir = Path(run_dir) / ".hydra"
+    if not hydra_dir.is_dir():
+        return
+    import yaml
+    (hydra_dir / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    if overrides is not None:       # checkpoints of older versions did not keep them
+        (hydra_dir / "overrides.yaml").write_text(yaml.safe_dump(list(overrides)))
+
+
+def current_overrides() -> List[str]:
+    """The command-line overrides of this run (kept in checkpoints for the above)."""
+    from hydra.core.hydra_config import HydraConfig
+    if not HydraConfig.initialized():
+        return []
+    return list(HydraConfig.get().overrides.task)
