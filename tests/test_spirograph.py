@@ -2,6 +2,7 @@
 out independently here pixel by pixel, and its data set."""
 import math
 
+import pytest
 import torch
 
 from sslcifar.data import spirograph
@@ -67,3 +68,18 @@ def test_views_share_generative_parameters_but_not_nuisance():
     torch.testing.assert_close(src.plain(torch.arange(4)), src.plain(torch.arange(4)))
     other = SpirographSource(16, seed=1, device=torch.device("cpu"), mean=[0.5] * 3, std=[0.5] * 3)
     assert not torch.equal(src.params, other.params)       # train and test are different draws
+
+
+def test_subset_keeps_the_first_samples_of_the_full_set():
+    from sslcifar.data.sources import build_source
+    from sslcifar.errors import UserError
+    from .test_config import compose_cfg
+    base = ["dataset=spirograph", "dataset.num_train=40", "dataset.num_test=8"]
+    full = build_source(compose_cfg(overrides=base), "train", torch.device("cpu"))
+    sub = build_source(compose_cfg(overrides=[*base, "dataset.subset=10"]), "train",
+                       torch.device("cpu"))
+    assert len(full) == 40 and len(sub) == 10
+    assert torch.equal(sub.targets, full.targets[:10])
+    assert torch.equal(sub.plain(torch.arange(10)), full.plain(torch.arange(10)))
+    with pytest.raises(UserError, match="dataset.subset=41 is larger"):
+        build_source(compose_cfg(overrides=[*base, "dataset.subset=41"]), "train", torch.device("cpu"))

@@ -106,6 +106,15 @@ class SpirographSource:
     def __len__(self) -> int:
         return self.params.shape[0]
 
+    def first(self, n: int) -> "SpirographSource":
+        """The first n samples (dataset.subset): the same images as in the full set."""
+        import copy
+        src = copy.copy(self)
+        src.params, src.fixed_nuisance = self.params[:n], self.fixed_nuisance[:n]
+        src.labels = self.labels[:n]
+        src.targets = src.params
+        return src
+
     has_labels = False
 
     def views(self, index: torch.Tensor, num_views: int, generator: torch.Generator,
@@ -122,19 +131,27 @@ class SpirographSource:
         return (img - self.mean) / self.std
 
 
+def _check_subset(d, available: int) -> None:
+    if d.subset > available:
+        raise UserError(f"dataset.subset={d.subset} is larger than the {d.name} training "
+                        f"split ({available} images). Fix: dataset.subset<={available} or null")
+
+
 def build_source(cfg, split: str, device: torch.device):
     """The 'train' or 'test' split of cfg.dataset as a source on `device`."""
     d, a = cfg.dataset, cfg.augment
     if d.name == "spirograph":
         n = d.num_train if split == "train" else d.num_test
         # train and test draw from separate seeds: disjoint samples
-        return SpirographSource(n, seed=(0 if split == "train" else 1), device=device,
-                                mean=d.mean, std=d.std)
+        src = SpirographSource(n, seed=(0 if split == "train" else 1), device=device,
+                               mean=d.mean, std=d.std)
+        if split == "train" and d.subset is not None:
+            _check_subset(d, n)
+            src = src.first(d.subset)
+        return src
     data = load_images(d, split)
     if split == "train" and d.subset is not None:
-        if d.subset > len(data):
-            raise UserError(f"dataset.subset={d.subset} is larger than the {d.name} training "
-                            f"split ({len(data)} images). Fix: dataset.subset<={len(data)} or null")
+        _check_subset(d, len(data))
         data = data.first(d.subset)
     if data.images.shape[-1] != d.size and d.name != "imagefolder":
         log.info("%s images are %dpx, resized to dataset.size=%d on the fly",
