@@ -9,7 +9,8 @@ Two recipes, same frozen encoder (eval mode: BatchNorm uses its running
 statistics; no gradient reaches it, and every tensor of its state_dict is
 compared bit for bit before and after, as MoCo's `sanity_check`):
 
-- `standard` (MoCo / SupContrast protocol): SGD with momentum, no weight decay,
+- `standard` (a frozen probe like MoCo's / SupContrast's; the README lists how each
+  original differs): SGD with momentum, no weight decay,
   cosine schedule, `epochs` passes over the training images, each batch
   augmented by random crop (padding 4 at 32 px) and horizontal flip. The
   features are standardised with the un-augmented training set's statistics
