@@ -36,7 +36,7 @@ from .models import resolve_stem
 from .optim import build_optimizer, scaled_lr
 from .resume import check_same_config, current_overrides
 from .schedule import lr_schedule
-from .validate import check_writable, validate_config, validate_data
+from .validate import check_disk_space, check_writable, validate_config, validate_data
 
 log = logging.getLogger("sslcifar")
 
@@ -179,6 +179,8 @@ def train(cfg) -> Dict[str, float]:
                                 base_lr, o.weight_decay, momentum=o.momentum,
                                 nesterov=o.nesterov, betas=tuple(o.betas),
                                 trust_coefficient=o.trust_coefficient)
+    if is_main:
+        check_disk_space(run_dir, _checkpoint_bytes(method, probe, o.name))
     warmup = round(cfg.scheduler.warmup_epochs * steps_per_epoch)
     final_lr = cfg.scheduler.final_lr if cfg.scheduler.name == "cosine" else base_lr
     lrs = lr_schedule(base_lr, total_steps, warmup, final_lr,
@@ -328,6 +330,16 @@ def train_step(model, optimizer, scaler, autocast, views, index, labels) -> dict
     scaler.step(optimizer)
     scaler.update()
     return out
+
+
+def _checkpoint_bytes(method: nn.Module, probe, optimizer_name: str) -> int:
+    """About the size of a checkpoint: the model's tensors, the optimizer's state (one
+    tensor per parameter for SGD and LARS momentum, two for AdamW), the probe's."""
+    def size(module):
+        return sum(t.numel() * t.element_size() for t in module.state_dict().values())
+    params = sum(p.numel() * p.element_size() for p in method.parameters() if p.requires_grad)
+    per_param = 2 if optimizer_name == "adamw" else 1
+    return size(method) + per_param * params + (3 * size(probe) if probe is not None else 0)
 
 
 def _requeued() -> int:

@@ -143,3 +143,18 @@ def check_writable(folder: Path) -> None:
     if not os.access(folder, os.W_OK):
         raise UserError(f"output directory {folder} is not writable. "
                         f"Fix: hydra.run.dir=<a writable folder>")
+
+
+def check_disk_space(run_dir: Path, checkpoint_bytes: int) -> None:
+    """Refuse to start a run whose checkpoints cannot be written: while one is saved,
+    three exist for a moment (prev.pt, last.pt and the new file), so a full disk would
+    otherwise surface only at the end of the first epoch, maybe hours in."""
+    import shutil
+    folder = Path(run_dir) / "checkpoints"
+    existing = sum(p.stat().st_size for p in (folder / "last.pt", folder / "prev.pt") if p.exists())
+    free = shutil.disk_usage(run_dir).free + existing
+    need = 3 * checkpoint_bytes
+    if free < need:
+        raise UserError(f"not enough disk space for checkpoints in {run_dir}: {free / 1e6:.1f} MB "
+                        f"free, {need / 1e6:.1f} MB needed (three copies of {checkpoint_bytes / 1e6:.1f}"
+                        f" MB while saving). Fix: free some space, or hydra.run.dir=<a larger disk>")

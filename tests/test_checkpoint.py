@@ -153,9 +153,25 @@ def test_disk_full_keeps_the_previous_checkpoint(tiny_fs):
     assert ckpt.load(tiny_fs / "last.pt")["step"] == 1
 
 
-def test_training_into_a_full_disk_is_one_clear_error(tiny_fs, tmp_path):
+def test_a_disk_too_small_for_the_checkpoints_is_refused_before_training(tiny_fs, tmp_path):
     proc = run("simclr.py", "experiment=demo", *TINY, "dataset.num_train=32",
                "dataset.num_test=16", f"run_dir={tiny_fs}/run", f"hydra.run.dir={tmp_path}/h",
                check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "No space left on device" in proc.stderr.strip().splitlines()[-1]
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"error: not enough disk space for checkpoints in {tiny_fs}/run"), line
+    assert "Fix: free some space" in line
+    assert not (tiny_fs / "run" / "checkpoints").exists() and "epoch 0" not in proc.stdout
+
+
+def test_checkpoint_size_estimate_is_close_to_the_real_file(tmp_path):
+    """The estimate behind the disk-space check, against a checkpoint of a real run."""
+    from sslcifar.train import _checkpoint_bytes
+    from sslcifar.methods import build_method
+    from .test_config import compose_cfg
+    run("simclr.py", *TINY, "experiment=demo", "dataset.num_train=32", "dataset.num_test=16",
+        "eval.online_probe=false", f"hydra.run.dir={tmp_path}")
+    cfg = compose_cfg(overrides=["experiment=demo", "backbone.width=8"])
+    estimate = _checkpoint_bytes(build_method(cfg, 32, 10), None, cfg.optimizer.name)
+    real = (tmp_path / "checkpoints" / "last.pt").stat().st_size
+    assert 0.8 * real < estimate < 1.2 * real, (estimate, real)
