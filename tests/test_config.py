@@ -105,3 +105,19 @@ def test_supcontrast_cross_entropy_preset_augments_like_main_ce():
     assert ce.augment.jitter_p == ce.augment.grayscale_p == ce.augment.blur_p == 0
     supcon = compose_cfg(overrides=["experiment=supcon_cifar10"])
     assert (supcon.augment.jitter_p, supcon.augment.grayscale_p) == (0.8, 0.2)
+
+
+def test_moco_cifar10_demo_preset_is_the_demo_recipe():
+    """facebookresearch/moco colab/moco_cifar10_demo.ipynb: batch 512, lr 0.06, wd 5e-4,
+    K 4096, m 0.99, T 0.1, bn_splits 8, a linear head to 128, crop 0.08-1, no blur."""
+    from sslcifar.optim import scaled_lr
+    for primary in ("simclr", "moco"):
+        cfg = compose_cfg(primary, overrides=["experiment=moco_cifar10_demo"])
+        assert (cfg.method.name, cfg.loss.name, cfg.batch_size) == ("moco", "moco_infonce", 512)
+        assert scaled_lr(cfg.optimizer.lr, cfg.batch_size, cfg.optimizer.lr_scaling) == 0.06
+        assert (cfg.method.queue_size, cfg.method.momentum, cfg.loss.temperature) == (4096, 0.99, 0.1)
+        assert (cfg.method.bn_splits, cfg.method.proj_layers, cfg.method.proj_out_dim) == (8, 1, 128)
+        assert (cfg.optimizer.weight_decay, cfg.optimizer.nesterov) == (5e-4, False)
+        assert list(cfg.augment.crop_scale) == [0.08, 1.0] and cfg.augment.blur_p == 0
+        assert (cfg.eval.knn_k, cfg.eval.knn_temperature) == (200, 0.1)
+        validate_config(cfg)
