@@ -311,7 +311,7 @@ def train(cfg) -> Dict[str, float]:
             done_file.write_text(json.dumps(final))
         _figures(cfg, run_dir, method, test_src)
         summary = " ".join(f"{k}={v:.4f}" for k, v in final.items()
-                           if k.startswith(("knn", "online", "loss")) and isinstance(v, float))
+                           if k.startswith(("knn", "online", "test", "loss")) and isinstance(v, float))
         print(f"final: {summary} (run dir {run_dir})", flush=True)
     metrics.close()
     dist.shutdown()
@@ -377,10 +377,15 @@ def _check_finite(pending, step, steps_per_epoch, ckpt_dir) -> None:
 
 
 def _knn(cfg, method, train_src, test_src, is_main) -> dict:
+    """kNN on the test split, plus the method's own test metrics where it has any
+    (the supervised baseline's classifier accuracy, `test_top1`)."""
     if not is_main and dist.world_size() > 1:
         return {}
-    return knn_evaluate(method.backbone, train_src, test_src, cfg.eval.knn_k,
-                        cfg.eval.knn_temperature, cfg.eval.knn_max_train)
+    row = knn_evaluate(method.backbone, train_src, test_src, cfg.eval.knn_k,
+                       cfg.eval.knn_temperature, cfg.eval.knn_max_train)
+    if hasattr(method, "evaluate"):
+        row.update(method.evaluate(test_src))
+    return row
 
 
 def _figures(cfg, run_dir, method, test_src) -> None:

@@ -150,6 +150,22 @@ def test_each_method_runs_from_simclr_py(tmp_path, cifar_root, method):
     proc = run("simclr.py", f"method={method}", *TINY, f"dataset.root={cifar_root}",
                "dataset.subset=64", "max_steps=3", f"hydra.run.dir={out}")
     assert "knn_top1=" in proc.stdout
+    if method == "supervised":
+        # the classifier's own test accuracy (SupCE's number), recomputed from the checkpoint
+        from sslcifar.data.sources import build_source
+        from sslcifar.methods import build_method
+        from .test_config import compose_cfg
+        row = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()][-1]
+        cfg = compose_cfg(overrides=["method=supervised", "backbone.width=8",
+                                     f"dataset.root={cifar_root}"])
+        model = build_method(cfg, 64, 10)
+        model.load_state_dict(_load(out)["model"])
+        test = build_source(cfg, "test", torch.device("cpu"))
+        with torch.no_grad():
+            logits = model.eval().classifier(model.backbone(test.plain(torch.arange(len(test)))))
+        expected = 100.0 * (logits.argmax(1) == test.labels).float().mean().item()
+        assert row["test_top1"] == pytest.approx(expected, abs=1e-6)
+        assert f"test_top1={row['test_top1']:.4f}" in proc.stdout
     if method == "sogclr":
         u = _load(out)["model"]["criterion.u"]
         assert u.shape == (64, 1) and (u > 0).sum() == 3 * 16     # 3 batches of 16 visited

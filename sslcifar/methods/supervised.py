@@ -1,5 +1,5 @@
 """Cross-entropy baseline (SupContrast's SupCE): the same backbone, a linear classifier."""
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -21,3 +21,18 @@ class Supervised(nn.Module):
         loss = F.cross_entropy(logits, labels)
         top1 = (logits.argmax(1) == labels).float().mean()
         return {"loss": loss, "features": h.detach(), "train_top1": top1.detach()}
+
+    @torch.no_grad()
+    def evaluate(self, test_source, batch_size: int = 512) -> Dict[str, float]:
+        """Top-1 of this classifier on the un-augmented test images, the number SupCE
+        reports (BatchNorm in eval mode, as for any test)."""
+        was_training = self.training
+        self.eval()
+        correct = torch.zeros((), device=test_source.labels.device)
+        n = len(test_source)
+        for start in range(0, n, batch_size):
+            index = torch.arange(start, min(start + batch_size, n), device=test_source.device)
+            logits = self.classifier(self.backbone(test_source.plain(index)))
+            correct += (logits.argmax(1) == test_source.labels[index]).sum()
+        self.train(was_training)
+        return {"test_top1": 100.0 * correct.item() / n}
