@@ -10,7 +10,7 @@ linear_eval.json and confusion_matrix.png.
 """
 import hydra
 
-from sslcifar.cli import report_user_errors
+from sslcifar.cli import check_overrides, report_user_errors
 from sslcifar.eval_config import register_eval_configs
 from sslcifar.linear_eval import linear_eval
 
@@ -24,4 +24,5 @@ def main(cfg):
 
 
 if __name__ == "__main__":
+    check_overrides("linear_eval")
     main()

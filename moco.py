@@ -7,7 +7,7 @@ Outputs go to Hydra's run directory (outputs/moco/<date>_<time>/).
 """
 import hydra
 
-from sslcifar.cli import pin_torchrun_run_dir, report_user_errors
+from sslcifar.cli import check_overrides, pin_torchrun_run_dir, report_user_errors
 from sslcifar.train import train
 
 
@@ -18,5 +18,6 @@ def main(cfg):
 
 
 if __name__ == "__main__":
+    check_overrides("moco")
     pin_torchrun_run_dir()
     main()

@@ -15,8 +15,10 @@ def report_user_errors(fn):
     @functools.wraps(fn)
     def wrapper(cfg, *args, **kwargs):
         try:
-            from .validate import check_known_keys
-            check_known_keys(cfg)
+            from omegaconf import DictConfig
+            if isinstance(cfg, DictConfig):
+                from .validate import check_known_keys
+                check_known_keys(cfg)
             return fn(cfg, *args, **kwargs)
         except UserError as e:
             logging.getLogger("sslcifar").debug("user error", exc_info=True)
@@ -43,6 +45,60 @@ def _leave_in_run_dir(message: str) -> None:
                 (out / "error.txt").write_text(message)
     except OSError:
         pass
+
+
+def check_overrides(config_name: str) -> None:
+    """Compose the config once before Hydra does, so that a bad override ends like every
+    other user error: one line naming it and the fix, exit status 2. (Hydra's own report
+    spans several lines, and for a misspelt key suggests `+key=value`, which would add a
+    key that nothing reads.) Command lines with flags (-m, --cfg, --help, ...) are left to
+    Hydra as they are."""
+    args = sys.argv[1:]
+    if any(a.startswith("-") for a in args):
+        return
+    from pathlib import Path
+    from hydra import compose, initialize_config_dir
+    try:
+        with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf"),
+                                   version_base="1.3"):
+            compose(config_name, overrides=args)
+    except Exception as e:          # noqa: BLE001 -- Hydra raises several unrelated types
+        print(f"error: {composition_error(e, args)}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+def composition_error(e: Exception, args) -> str:
+    """One line for an exception of Hydra's compose: what is wrong and the fix."""
+    import dataclasses
+    import difflib
+    import re
+    text = str(e)
+    missing = re.search(r"Could not find '(.+)/([^/']+)'", text)
+    if missing and getattr(e, "options", None):
+        return (f"{missing.group(1)}={missing.group(2)} is not an option of {missing.group(1)}. "
+                f"Fix: use one of {', '.join(e.options)}")
+    cause = e.__cause__
+    key = getattr(cause, "full_key", None)
+    if key and "not in" in str(cause):
+        schema = getattr(cause, "object_type", None)
+        known = [f.name for f in dataclasses.fields(schema)] if dataclasses.is_dataclass(schema) else []
+        close = difflib.get_close_matches(key.rsplit(".", 1)[-1], known, n=1)
+        parent = key.rsplit(".", 1)[0] + "." if "." in key else ""
+        if close:
+            fix = f"use {parent}{close[0]}"
+        elif key.startswith("hydra.launcher."):
+            fix = "choose the launcher first (hydra/launcher=slurm or local), or check the key"
+        else:
+            fix = "`--cfg job` prints every key"
+        return f"{key} is not a config key. Fix: {fix}"
+    if key:
+        given = next((a for a in args if a.lstrip("+~").startswith(f"{key}=")), key)
+        return f"{given}: {str(cause).splitlines()[0]}. Fix: give {key} a value of its type"
+    if text.startswith("Ambiguous value"):
+        arg = re.search(r"argument '([^']+)'", text)
+        return (f"{arg.group(1) if arg else 'an override'} lists several values. Fix: add -m to "
+                f"sweep over them, or write a list as key=[a,b]")
+    return f"{text.splitlines()[0]}. Fix: check that override (`--cfg job` prints the config)"
 
 
 def pin_torchrun_run_dir() -> None:

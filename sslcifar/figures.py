@@ -229,7 +229,7 @@ USAGE = ("usage: python -m sslcifar.figures tsne [pretrained=PATH dataset=... ke
 
 
 def main(argv: Optional[List[str]] = None) -> None:
-    from .cli import report_user_errors
+    from .cli import check_overrides, report_user_errors
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in ("tsne", "curves"):
         print(USAGE, file=sys.stderr)
@@ -246,6 +246,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     from .eval_config import register_eval_configs
     register_eval_configs()
     sys.argv = [sys.argv[0], *argv[1:]]          # Hydra reads the overrides from sys.argv
+    check_overrides("tsne")
 
     @hydra.main(version_base="1.3", config_path=str(Path(__file__).resolve().parents[1] / "conf"),
                 config_name="tsne")

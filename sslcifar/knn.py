@@ -122,9 +122,10 @@ def main() -> None:
     from pathlib import Path
     import hydra
     from hydra.core.hydra_config import HydraConfig
-    from .cli import report_user_errors
+    from .cli import check_overrides, report_user_errors
     from .eval_config import register_eval_configs
     register_eval_configs()
+    check_overrides("knn")
 
     @hydra.main(version_base="1.3", config_path=str(Path(__file__).resolve().parents[1] / "conf"),
                 config_name="knn")
