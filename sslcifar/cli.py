@@ -70,7 +70,6 @@ def check_overrides(config_name: str) -> None:
 def composition_error(e: Exception, args) -> str:
     """One line for an exception of Hydra's compose: what is wrong and the fix."""
     import dataclasses
-    import difflib
     import re
     text = str(e)
     missing = re.search(r"Could not find '(.+)/([^/']+)'", text)
@@ -80,17 +79,13 @@ def composition_error(e: Exception, args) -> str:
     cause = e.__cause__
     key = getattr(cause, "full_key", None)
     if key and "not in" in str(cause):
+        from .validate import unknown_key
         schema = getattr(cause, "object_type", None)
         known = [f.name for f in dataclasses.fields(schema)] if dataclasses.is_dataclass(schema) else []
-        close = difflib.get_close_matches(key.rsplit(".", 1)[-1], known, n=1)
-        parent = key.rsplit(".", 1)[0] + "." if "." in key else ""
-        if close:
-            fix = f"use {parent}{close[0]}"
-        elif key.startswith("hydra.launcher."):
-            fix = "choose the launcher first (hydra/launcher=slurm or local), or check the key"
-        else:
-            fix = "`--cfg job` prints every key"
-        return f"{key} is not a config key. Fix: {fix}"
+        if key.startswith("hydra.launcher."):
+            return unknown_key(key, known, "choose the launcher first (hydra/launcher=slurm or "
+                                           "local), or check the key")
+        return unknown_key(key, known)
     if key:
         given = next((a for a in args if a.lstrip("+~").startswith(f"{key}=")), key)
         return f"{given}: {str(cause).splitlines()[0]}. Fix: give {key} a value of its type"

@@ -205,9 +205,9 @@ def train(cfg) -> Dict[str, float]:
                     log.warning(warning)
             step = _restore(state, method, optimizer, scaler, probe, metrics, meters)
             if is_main:     # under SLURM every task writes to the same log file
-                    log.info("resumed from %s at step %d (epoch %d)%s", path, step,
-                             step // steps_per_epoch,
-                             f" after SLURM requeue #{_requeued()}" if _requeued() else "")
+                log.info("resumed from %s at step %d (epoch %d)%s", path, step,
+                         step // steps_per_epoch,
+                         f" after SLURM requeue #{_requeued()}" if _requeued() else "")
         elif _requeued():
             log.warning("SLURM requeue #%d, but no checkpoint in %s yet: starting from step 0",
                         _requeued(), ckpt_dir)
@@ -217,10 +217,13 @@ def train(cfg) -> Dict[str, float]:
                  cfg.backbone.width, cfg.dataset.name, len(train_src), cfg.batch_size,
                  steps_per_epoch, base_lr, device, amp_dtype or "fp32", world)
 
+    def snapshot() -> dict:
+        return _state(cfg, step, step // steps_per_epoch, method, optimizer, scaler, probe,
+                      metrics, meters)
+
     def save():
         if is_main:
-            ckpt.save_last(_state(cfg, step, step // steps_per_epoch, method, optimizer, scaler,
-                                  probe, metrics, meters), ckpt_dir)
+            ckpt.save_last(snapshot(), ckpt_dir)
         dist.barrier()
 
     stop = StopRequest()
@@ -299,9 +302,7 @@ def train(cfg) -> Dict[str, float]:
                 meters = _new_meters(device)
             save()
             if is_main and epoch_end and cfg.checkpoint_every and (epoch + 1) % cfg.checkpoint_every == 0:
-                ckpt.atomic_save(_state(cfg, step, step // steps_per_epoch, method, optimizer,
-                                        scaler, probe, metrics, meters),
-                                 ckpt_dir / f"epoch_{epoch + 1}.pt")
+                ckpt.atomic_save(snapshot(), ckpt_dir / f"epoch_{epoch + 1}.pt")
 
     # ------------------------------------------------------------------ final
     final = {k: v for k, v in metrics.rows[-1].items()} if metrics.rows else {"step": step}

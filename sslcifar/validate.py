@@ -40,12 +40,20 @@ def _require(ok: bool, key: str, value, allowed: str) -> None:
         raise UserError(f"{key}={value} is not allowed: {allowed}")
 
 
+def unknown_key(full_key: str, known, fix_otherwise: str = "`--cfg job` prints every key") -> str:
+    """`<full_key> is not a config key. Fix: use <the nearest known key>`."""
+    import difflib
+    parent, _, name = full_key.rpartition(".")
+    close = difflib.get_close_matches(name, list(known), n=1)
+    fix = f"use {parent + '.' if parent else ''}{close[0]}" if close else fix_otherwise
+    return f"{full_key} is not a config key. Fix: {fix}"
+
+
 def check_known_keys(cfg, prefix: str = "") -> None:
     """Every key must be one of the schema's. Struct mode already stops `loss.temprature=0.1`
     at composition, but Hydra's own hint for it, `+loss.temprature=0.1`, adds the key and
-    the value would be silently ignored."""
+    the value would be silently ignored. Run for every entrypoint by cli.report_user_errors."""
     import dataclasses
-    import difflib
     from omegaconf import DictConfig, OmegaConf
     schema = OmegaConf.get_type(cfg)
     if not dataclasses.is_dataclass(schema):
@@ -53,16 +61,15 @@ def check_known_keys(cfg, prefix: str = "") -> None:
     known = [f.name for f in dataclasses.fields(schema)]
     for key in cfg.keys():
         if key not in known:
-            close = difflib.get_close_matches(str(key), known, n=1)
-            hint = f"{prefix}{close[0]}" if close else f"one of {prefix}{{{', '.join(known)}}}"
-            raise UserError(f"{prefix}{key} is not a config key. Fix: use {hint} (without '+')")
+            raise UserError(unknown_key(f"{prefix}{key}", known,
+                                        f"use one of {prefix}{{{', '.join(known)}}}")
+                            + " (without '+')")
         node = cfg._get_node(key)
         if isinstance(node, DictConfig) and not node._is_none():
             check_known_keys(node, f"{prefix}{key}.")
 
 
 def validate_config(cfg) -> None:
-    check_known_keys(cfg)
     for key, allowed in CHOICES.items():
         v = _get(cfg, key)
         _require(v in allowed, key, v, "use one of " + ", ".join(allowed))

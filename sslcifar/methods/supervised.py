@@ -26,13 +26,10 @@ class Supervised(nn.Module):
     def evaluate(self, test_source, batch_size: int = 512) -> Dict[str, float]:
         """Top-1 of this classifier on the un-augmented test images, the number SupCE
         reports (BatchNorm in eval mode, as for any test)."""
+        from ..linear_eval import extract
         was_training = self.training
-        self.eval()
-        correct = torch.zeros((), device=test_source.labels.device)
-        n = len(test_source)
-        for start in range(0, n, batch_size):
-            index = torch.arange(start, min(start + batch_size, n), device=test_source.device)
-            logits = self.classifier(self.backbone(test_source.plain(index)))
-            correct += (logits.argmax(1) == test_source.labels[index]).sum()
+        index = torch.arange(len(test_source), device=test_source.device)
+        logits = self.classifier(extract(self.backbone, test_source, index, batch_size))
         self.train(was_training)
-        return {"test_top1": 100.0 * correct.item() / n}
+        top1 = (logits.argmax(1) == test_source.labels).float().mean().item()
+        return {"test_top1": 100.0 * top1}
