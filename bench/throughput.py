@@ -29,12 +29,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hydra import compose, initialize_config_dir  # noqa: E402
 
 from sslcifar.config import register_configs  # noqa: E402
-from sslcifar.data.augment import BatchAugment, BatchNormalize  # noqa: E402
+from sslcifar.data.augment import BatchAugment, BatchNormalize, ViewMaker  # noqa: E402
+from sslcifar.data.batch import Batch  # noqa: E402
 from sslcifar.data.datasets import ImageSet, load_cifar  # noqa: E402
 from sslcifar.data.loader import DeviceBatches, TorchvisionBatches, torchvision_transform  # noqa: E402
 from sslcifar.data.sources import ImageSource  # noqa: E402
+from sslcifar.data.views import view_specs  # noqa: E402
+from sslcifar.distributed import autocast_dtype, pick_device  # noqa: E402
 from sslcifar.methods import build_method  # noqa: E402
-from sslcifar.train import autocast_dtype, pick_device, train_step  # noqa: E402
+from sslcifar.train import train_step  # noqa: E402
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -84,16 +87,16 @@ def main():
         g = torch.Generator().manual_seed(0)
         data = ImageSet(torch.randint(0, 256, (args.images, 3, 32, 32), dtype=torch.uint8, generator=g),
                         torch.zeros(args.images, dtype=torch.long))
-    d, a = cfg.dataset, cfg.augment
-    augment = BatchAugment(d.size, d.mean, d.std, crop_scale=tuple(a.crop_scale),
-                           crop_ratio=tuple(a.crop_ratio), flip_p=a.flip_p, jitter_p=a.jitter_p,
-                           brightness=a.brightness, contrast=a.contrast, saturation=a.saturation,
-                           hue=a.hue, grayscale_p=a.grayscale_p)
-    src = ImageSource(data, device, augment, BatchNormalize(d.size, d.mean, d.std), args.placement)
-    cpu_src = ImageSource(data, torch.device("cpu"), augment, BatchNormalize(d.size, d.mean, d.std))
-    device_batches = DeviceBatches(src, args.batch, 2, seed=0, rank=0, world=1)
-    tv_batches = TorchvisionBatches(cpu_src, torchvision_transform(d.size, d.mean, d.std, a), args.batch,
-                                    2, seed=0, rank=0, world=1, num_workers=args.workers, device=device)
+    d = cfg.dataset
+    specs = view_specs(cfg.augment, d)
+    augment = BatchAugment(d.size, d.mean, d.std, **{k: v for k, v in vars(specs[0]).items()
+                                                     if k not in ("size", "count")})
+    views = ViewMaker(specs, d.mean, d.std)
+    src = ImageSource(data, device, views, BatchNormalize(d.size, d.mean, d.std), args.placement)
+    cpu_src = ImageSource(data, torch.device("cpu"), views, BatchNormalize(d.size, d.mean, d.std))
+    device_batches = DeviceBatches(src, args.batch, seed=0, rank=0, world=1)
+    tv_batches = TorchvisionBatches(cpu_src, specs, d.mean, d.std, args.batch, seed=0, rank=0,
+                                    world=1, num_workers=args.workers, device=device)
 
     # ---- model and optimizer: the real ones
     torch.manual_seed(0)
@@ -106,22 +109,22 @@ def main():
     index = torch.arange(args.batch, device=device)
     labels = torch.zeros(args.batch, dtype=torch.long, device=device)
 
-    def step(views, idx, y):
+    def step(batch):
         if args.channels_last:
-            views = [v.contiguous(memory_format=torch.channels_last) for v in views]
-        return train_step(model, opt, scaler, autocast, views, idx, y)
+            batch.views = [v.contiguous(memory_format=torch.channels_last) for v in batch.views]
+        return train_step(model, opt, scaler, autocast, batch)
 
     def timed(batches_iter):
         sync(device)
         t = time.perf_counter()
-        for views, idx, y in batches_iter:
-            step(views, idx, y)
+        for batch in batches_iter:
+            step(batch)
         sync(device)
         return (time.perf_counter() - t) / args.steps
 
     def bare():
         for _ in range(args.steps):
-            yield fixed, index, labels
+            yield Batch(list(fixed), index, labels)
 
     # one long epoch per pipeline, consumed a few steps at a time: the DataLoader
     # workers start once, as in training, and keep prefetching between rounds
@@ -155,7 +158,8 @@ def main():
         augment(imgs[s:s + 256], g)
     sync(device)
     ours = n / (time.perf_counter() - t)
-    tf = torchvision_transform(d.size, d.mean, d.std, a)
+    tf = torchvision_transform(specs[0], d.mean, d.std)
+    a = cfg.augment
     from PIL import Image
     pils = [Image.fromarray(x.permute(1, 2, 0).numpy()) for x in data.images[:512]]
     t = time.perf_counter()

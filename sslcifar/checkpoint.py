@@ -115,3 +115,54 @@ def load_latest(folder: Path, map_location="cpu") -> Tuple[Optional[dict], Optio
     if errors:
         raise UserError(f"no loadable checkpoint in {folder}: {errors[0]}")
     return None, None
+
+
+# ---------------------------------------------------------------------- a training run's state
+
+def training_state(step: int, epochs_done: int, method, optimizer, scaler, probe, config: dict,
+                   overrides, metrics_rows, meters) -> dict:
+    """Everything `restore` needs to continue a run exactly. `epoch`: completed epochs,
+    as MoCo and SupContrast store it (the schedules follow `step`)."""
+    state = {"step": step, "epoch": epochs_done, "model": method.state_dict(),
+             "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+             "config": config, "overrides": overrides, "metrics": metrics_rows,
+             "meters": {k: v.cpu() for k, v in meters.items()},
+             "rng": {"torch": torch.get_rng_state()}}
+    if torch.cuda.is_available():
+        state["rng"]["cuda"] = torch.cuda.get_rng_state_all()
+    if probe is not None:
+        state["probe"] = probe.state_dict()
+        state["probe_optimizer"] = probe.opt.state_dict()
+    return state
+
+
+def restore(state: dict, method, optimizer, scaler, probe, metrics, meters) -> int:
+    """Load a training_state into the run's objects; returns the step to continue from."""
+    try:
+        method.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    except (KeyError, RuntimeError, ValueError) as e:
+        raise UserError(f"the checkpoint does not fit this config ({str(e).splitlines()[0]}). "
+                        f"Fix: resume with the same method/backbone/optimizer overrides") from None
+    scaler.load_state_dict(state["scaler"])
+    if probe is not None and "probe" in state:
+        probe.load_state_dict(state["probe"])
+        probe.opt.load_state_dict(state["probe_optimizer"])
+    # a row of a run stopped mid-epoch by max_steps is redone when the epoch ends
+    metrics.restore([r for r in state.get("metrics", []) if not r.get("partial")])
+    for k, v in state.get("meters", {}).items():
+        meters[k] = v.to(meters["seen"].device)
+    torch.set_rng_state(state["rng"]["torch"])
+    if "cuda" in state["rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    return int(state["step"])
+
+
+def estimated_bytes(method, probe, optimizer_name: str) -> int:
+    """About the size of a checkpoint: the model's tensors, the optimizer's state (one
+    tensor per parameter for SGD and LARS momentum, two for AdamW), the probe's."""
+    def size(module):
+        return sum(t.numel() * t.element_size() for t in module.state_dict().values())
+    params = sum(p.numel() * p.element_size() for p in method.parameters() if p.requires_grad)
+    per_param = 2 if optimizer_name == "adamw" else 1
+    return size(method) + per_param * params + (3 * size(probe) if probe is not None else 0)

@@ -17,7 +17,7 @@ def report_user_errors(fn):
         try:
             from omegaconf import DictConfig
             if isinstance(cfg, DictConfig):
-                from .validate import check_known_keys
+                from .config import check_known_keys
                 check_known_keys(cfg)
             return fn(cfg, *args, **kwargs)
         except UserError as e:
@@ -45,6 +45,18 @@ def _leave_in_run_dir(message: str) -> None:
                 (out / "error.txt").write_text(message)
     except OSError:
         pass
+
+
+def rename_aliases(aliases: dict, argv=None) -> None:
+    """Rewrite an original repository's command-line names in sys.argv into our keys
+    (moco.py: moco_k=4096 -> method.queue_size=4096), before Hydra reads them. Being
+    command-line overrides, they then win over any preset, as the original names should."""
+    argv = sys.argv if argv is None else argv
+    for i, arg in enumerate(argv[1:], start=1):
+        prefix = arg[:1] if arg[:1] in "+~" else ""
+        key, eq, value = arg[len(prefix):].partition("=")
+        if key in aliases and (eq or prefix == "~"):
+            argv[i] = f"{prefix}{aliases[key]}{eq}{value}"
 
 
 def check_overrides(config_name: str) -> None:
@@ -79,7 +91,7 @@ def composition_error(e: Exception, args) -> str:
     cause = e.__cause__
     key = getattr(cause, "full_key", None)
     if key and "not in" in str(cause):
-        from .validate import unknown_key
+        from .config import unknown_key
         schema = getattr(cause, "object_type", None)
         known = [f.name for f in dataclasses.fields(schema)] if dataclasses.is_dataclass(schema) else []
         if key.startswith("hydra.launcher."):
@@ -89,6 +101,13 @@ def composition_error(e: Exception, args) -> str:
     if key:
         given = next((a for a in args if a.lstrip("+~").startswith(f"{key}=")), key)
         return f"{given}: {str(cause).splitlines()[0]}. Fix: give {key} a value of its type"
+    inner = re.search(r"^In '([^']+)': ConfigKeyError.*?Key '([^']+)' not in '([^']+)'.*?full_key: (\S+)",
+                      text, re.S)
+    if inner:       # a preset or config file sets a key the chosen group option lacks
+        where, _, schema, full = inner.groups()
+        group = full.split(".")[0]
+        return (f"{where} sets {full}, which this {group} ({schema}) does not have. Fix: choose "
+                f"a {group} that has it, or leave out {where}")
     if text.startswith("Ambiguous value"):
         arg = re.search(r"argument '([^']+)'", text)
         return (f"{arg.group(1) if arg else 'an override'} lists several values. Fix: add -m to "

@@ -1,12 +1,13 @@
 """Typed schemas for the Hydra config tree.
 
-Every group in `conf/` (method, backbone, loss, optimizer, scheduler, dataset,
-augment, eval) is validated against one dataclass here. The primary configs
-(`conf/simclr.yaml`, `conf/moco.yaml`, `conf/linear_eval.yaml`) list the
-matching schema first in their defaults list, so Hydra merges every YAML file
-and every command-line override into a *typed, struct-mode* config: a
-misspelt key or a value of the wrong type fails at composition with Hydra's
-own message naming the key.
+Every group in `conf/` (backbone, optimizer, scheduler, dataset, augment, eval) is
+validated against one dataclass here; `method` and `loss` against the schema of the
+chosen method (`Config` and `Loss` of its class in `sslcifar/methods/`), which its YAML
+file lists first. The primary configs (`conf/simclr.yaml`, `conf/moco.yaml`,
+`conf/linear_eval.yaml`) list the matching schema first in their defaults list, so
+Hydra merges every YAML file and every command-line override into a *typed,
+struct-mode* config: a misspelt key or a value of the wrong type fails at composition
+with Hydra's own message naming the key.
 
 Where the defaults live: the recipe values (batch 512, temperature 0.5, ...)
 are in the YAML files of `conf/`. The dataclasses below carry the types and
@@ -29,32 +30,6 @@ class BackboneConfig:
 
 
 @dataclass
-class MethodConfig:
-    name: str = MISSING          # simclr | moco | sogclr | supcon | supervised
-    num_views: int = 2           # augmented views per image fed to the method
-    proj_hidden_dim: Optional[int] = 2048  # projection MLP hidden width; None = backbone feature size
-    proj_out_dim: int = 128      # projection output (embedding) size
-    proj_layers: int = 2         # linear layers in the projection MLP
-    proj_bn: bool = True         # BatchNorm after each hidden linear layer
-    proj_last_bn: bool = False   # BatchNorm (no affine) after the last linear (MoCo v3 / SogCLR style)
-    # MoCo only
-    queue_size: int = 4096       # K: negatives kept in the queue
-    momentum: float = 0.99       # m: EMA coefficient of the key encoder
-    symmetric: bool = False      # symmetrised loss (both views as queries)
-    shuffle_bn: bool = True      # shuffle the key batch (across ranks; within it on one process)
-    bn_splits: int = 1           # backbone BatchNorm statistics per group of batch/bn_splits
-                                 # images (MoCo CIFAR demo: 8, one GPU acting as 8)
-
-
-@dataclass
-class LossConfig:
-    name: str = MISSING               # nt_xent | supcon | moco_infonce | sogclr | cross_entropy
-    temperature: float = 0.5
-    base_temperature: float = 0.07    # SupCon's loss scale T/base_T
-    gamma: float = 0.9                # SogCLR: weight of the new estimate in u
-
-
-@dataclass
 class OptimizerConfig:
     name: str = MISSING               # sgd | lars | adamw
     lr: float = MISSING               # base learning rate, before lr_scaling
@@ -64,6 +39,8 @@ class OptimizerConfig:
     nesterov: bool = False
     betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
     trust_coefficient: float = 0.001  # LARS eta
+    lars_variant: str = "sogclr"      # LARS: sogclr | solo | torchlars (sslcifar/optim.py)
+    clip_lr: bool = False             # LARS solo: step min(eta * trust, lr) (solo-learn's clip_lr)
 
 
 @dataclass
@@ -71,12 +48,18 @@ class SchedulerConfig:
     name: str = MISSING               # cosine | constant
     warmup_epochs: float = 0.0
     final_lr: float = 0.0             # absolute floor reached at the last step
+    warmup_start_lr: Optional[float] = None   # warm-up from this lr (solo-learn: 3e-5) to the
+                                              # base lr at the last warm-up step; null: base/W
+    # weight decay on the same cosine, from optimizer.weight_decay to this value (DINO:
+    # 0.04 -> 0.4); null: constant. Groups with their own weight_decay keep it.
+    final_weight_decay: Optional[float] = None
 
 
 @dataclass
 class DatasetConfig:
     name: str = MISSING               # cifar10 | cifar100 | stl10 | imagefolder | spirograph
-    root: str = "data"                # folder holding the data (relative to the launch directory)
+    root: str = "${oc.env:SSLCIFAR_DATA,data}"   # folder holding the data ($SSLCIFAR_DATA, else
+                                                 # ./data, relative to the launch directory)
     download: bool = False            # let torchvision download cifar/stl when missing
     subset: Optional[int] = None      # use only the first N training images
     size: int = 32                    # side of the square images fed to the network
@@ -85,6 +68,7 @@ class DatasetConfig:
     num_classes: int = 0
     pipeline: str = "device"          # device (batched, in memory) | torchvision (per-image PIL in workers)
     num_workers: int = 2              # DataLoader workers, torchvision pipeline only
+    small_size: Optional[int] = None  # side of multi-crop's small crops (CIFAR 24, STL-10 58)
     placement: str = "auto"           # pipeline=device: where the uint8 images live. auto: on the
                                       # GPU if they take <= 1/4 of its free memory, else host | device | host
     train_split: str = "train"        # stl10: train+unlabeled for pretraining
@@ -95,22 +79,51 @@ class DatasetConfig:
 
 
 @dataclass
+class ViewGroupConfig:
+    """One view group: `count` views of `size` px; a field left null takes the augment
+    group's value (so asymmetric views and multi-crop are configuration)."""
+    count: int = 1
+    size: Optional[int] = None                  # null: dataset.size
+    crop_scale: Optional[List[float]] = None
+    crop_ratio: Optional[List[float]] = None
+    interpolation: Optional[str] = None
+    flip_p: Optional[float] = None
+    jitter_p: Optional[float] = None
+    brightness: Optional[float] = None
+    contrast: Optional[float] = None
+    saturation: Optional[float] = None
+    hue: Optional[float] = None
+    grayscale_p: Optional[float] = None
+    blur_p: Optional[float] = None
+    blur_kernel_size: Optional[int] = None
+    blur_sigma: Optional[List[float]] = None
+    solarize_p: Optional[float] = None
+    solarize_threshold: Optional[float] = None
+
+
+@dataclass
 class AugmentConfig:
-    crop_scale: List[float] = field(default_factory=lambda: [0.08, 1.0])
-    crop_ratio: List[float] = field(default_factory=lambda: [0.75, 1.3333333333333333])
-    interpolation: str = "bilinear"   # bilinear | bicubic
-    flip_p: float = 0.5
-    jitter_p: float = 0.8
-    brightness: float = 0.4
-    contrast: float = 0.4
-    saturation: float = 0.4
-    hue: float = 0.1
-    grayscale_p: float = 0.2
-    blur_p: float = 0.0
-    blur_kernel_size: int = 3
-    blur_sigma: List[float] = field(default_factory=lambda: [0.1, 2.0])
-    solarize_p: float = 0.0
-    solarize_threshold: float = 0.5
+    """The base augmentation (every view group inherits it) and the view groups."""
+    crop_scale: List[float] = MISSING
+    crop_ratio: List[float] = MISSING
+    interpolation: str = MISSING      # bilinear | bicubic
+    flip_p: float = MISSING
+    jitter_p: float = MISSING
+    brightness: float = MISSING
+    contrast: float = MISSING
+    saturation: float = MISSING
+    hue: float = MISSING
+    grayscale_p: float = MISSING
+    blur_p: float = MISSING
+    blur_kernel_size: int = MISSING
+    blur_sigma: List[float] = MISSING
+    solarize_p: float = MISSING
+    solarize_threshold: float = MISSING
+    groups: List[ViewGroupConfig] = MISSING     # the views of each image, group by group
+    # multi-crop shortcut: a group of small crops appended after `groups`
+    small_crops: int = MISSING
+    small_size: Optional[int] = None            # null: dataset.small_size
+    small_crop_scale: List[float] = MISSING
 
 
 @dataclass
@@ -128,9 +141,11 @@ class EvalConfig:
 @dataclass
 class TrainConfig:
     """Top-level keys shared by every pretraining entrypoint."""
-    method: MethodConfig = field(default_factory=MethodConfig)
+    # typed by the method's own schema (its class's `Config`, `Loss`): conf/method/<name>.yaml
+    # and conf/loss/<name>.yaml start with /schema/method/<name> and /schema/loss/<name>
+    method: Any = MISSING
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
+    loss: Any = MISSING
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
@@ -153,21 +168,58 @@ class TrainConfig:
     run_dir: Optional[str] = None     # default: Hydra's run directory
 
 
-@dataclass
-class MocoTrainConfig(TrainConfig):
-    """moco.py keeps the original MoCo-on-CIFAR command-line names."""
-    moco_k: int = MISSING
-    moco_t: float = MISSING
-    moco_m: float = MISSING
-
-
 def register_configs() -> None:
+    """The training schema, and each method's own schemas (`schema/method/<name>`,
+    `schema/loss/<loss name>`) from the method registry."""
+    from .methods import register_schemas
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
-    cs.store(name="moco_schema", node=MocoTrainConfig)
+    register_schemas(cs)
 
 
 def as_dict(cfg: Any) -> dict:
     """Plain, resolved dict of a config (what checkpoints and logs store)."""
     from omegaconf import OmegaConf
     return OmegaConf.to_container(cfg, resolve=True)
+
+
+# Keys that moved: the fix names where they went.
+MOVED = {"method.num_views": "augment.groups.0.count (views come from the augmentation's view "
+                             "groups; e.g. augment.groups.0.count=3)",
+         "moco_k": "method.queue_size", "moco_t": "loss.temperature", "moco_m": "method.momentum"}
+
+
+def unknown_key(full_key: str, known, fix_otherwise: str = "`--cfg job` prints every key") -> str:
+    """`<full_key> is not a config key. Fix: use <the nearest known key>`."""
+    import difflib
+    if full_key in MOVED:
+        return f"{full_key} is not a config key. Fix: use {MOVED[full_key]}"
+    parent, _, name = full_key.rpartition(".")
+    close = difflib.get_close_matches(name, list(known), n=1)
+    fix = f"use {parent + '.' if parent else ''}{close[0]}" if close else fix_otherwise
+    return f"{full_key} is not a config key. Fix: {fix}"
+
+
+def check_known_keys(cfg, prefix: str = "") -> None:
+    """Every key must be one of the schema's. Struct mode already stops `loss.temprature=0.1`
+    at composition, but Hydra's own hint for it, `+loss.temprature=0.1`, adds the key and
+    the value would be silently ignored. Run for every entrypoint by cli.report_user_errors."""
+    import dataclasses
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+    from .errors import UserError
+    schema = OmegaConf.get_type(cfg)
+    if not dataclasses.is_dataclass(schema):
+        return
+    known = [f.name for f in dataclasses.fields(schema)]
+    for key in cfg.keys():
+        if key not in known:
+            raise UserError(unknown_key(f"{prefix}{key}", known,
+                                        f"use one of {prefix}{{{', '.join(known)}}}")
+                            + " (without '+')")
+        node = cfg._get_node(key)
+        if isinstance(node, DictConfig) and not node._is_none():
+            check_known_keys(node, f"{prefix}{key}.")
+        elif isinstance(node, ListConfig) and not node._is_none():
+            for i, item in enumerate(node):
+                if isinstance(item, DictConfig):
+                    check_known_keys(item, f"{prefix}{key}.{i}.")

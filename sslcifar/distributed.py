@@ -1,14 +1,16 @@
-"""torch.distributed in a few helpers that are no-ops on one process.
+"""Devices and torch.distributed in a few helpers that are no-ops on one process.
 
 Launchers: `torchrun` (sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR) or
 SLURM via submitit (SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID; submitit's
 `JobEnvironment` gives the master address). NCCL on CUDA, gloo on CPU.
 """
 import os
-from typing import List
+from typing import List, Optional
 
 import torch
 import torch.distributed as dist
+
+from .errors import UserError
 
 
 def is_distributed() -> bool:
@@ -29,6 +31,27 @@ def is_main() -> bool:
 
 def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", 0)))
+
+
+def pick_device(name: str) -> torch.device:
+    """auto (CUDA when visible) | cpu | cuda; with several processes, this rank's GPU."""
+    if name not in ("auto", "cpu", "cuda"):
+        raise UserError(f"device={name} is not allowed: use auto, cpu or cuda")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("device=cuda is not allowed: no CUDA device is visible. "
+                        "Fix: device=auto or device=cpu")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        return torch.device("cuda", local_rank() % max(1, torch.cuda.device_count()))
+    return torch.device(name)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:
+    """None means full fp32. 'auto' is bf16 on CUDA (no loss scaling needed) and fp32 on CPU."""
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
 def _env_world_size() -> int:

@@ -3,8 +3,7 @@ sslcifar.knn` and `python -m sslcifar.figures tsne`.
 
 They reuse the `backbone` and `dataset` groups of the pretraining tree
 (`BackboneConfig`, `DatasetConfig`), so `backbone=resnet18 dataset=cifar100`
-means the same thing everywhere. The `augment` group is carried only because
-the data sources take it; evaluation composes `augment: none`.
+means the same thing everywhere.
 
 As in sslcifar/config.py, the values live in the YAML files of `conf/`
 (`linear_eval.yaml`, `knn.yaml`, `tsne.yaml`); the dataclasses give types.
@@ -15,7 +14,7 @@ from typing import Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from .config import AugmentConfig, BackboneConfig, DatasetConfig
+from .config import BackboneConfig, DatasetConfig
 
 
 @dataclass
@@ -23,7 +22,6 @@ class EncoderEvalConfig:
     """What every evaluation needs: an encoder, a data set, a device."""
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     # a checkpoint file, a run directory, `random` (a seeded untrained encoder), or
     # null: the newest pretraining run under outputs/ whose backbone matches

@@ -39,7 +39,9 @@ from torch import nn
 from .data.sources import build_source
 from .errors import UserError
 from .knn import r2_scores
-from .pretrained import load_encoder, resolve_device
+from .distributed import pick_device
+from .features import extract
+from .pretrained import load_encoder
 from .schedule import lr_schedule
 
 log = logging.getLogger("sslcifar")
@@ -73,19 +75,6 @@ def assert_unchanged(module: nn.Module, before: Dict[str, torch.Tensor]) -> None
 
 
 # ---------------------------------------------------------------------- features and augmentation
-
-@torch.no_grad()
-def extract(backbone: nn.Module, source, index: torch.Tensor, batch_size: int,
-            progress: bool = False, desc: str = "features") -> torch.Tensor:
-    """Raw (not normalised) features [N, F] of the un-augmented images source.plain(index)."""
-    from tqdm import tqdm
-    backbone.eval()
-    out = []
-    for i in tqdm(range(0, len(index), batch_size), desc=desc, disable=not progress, leave=False,
-                  dynamic_ncols=True):
-        out.append(backbone(source.plain(index[i:i + batch_size])).float())
-    return torch.cat(out)
-
 
 def random_crop_flip(x: torch.Tensor, padding: int, fill: torch.Tensor,
                      generator: torch.Generator) -> torch.Tensor:
@@ -269,7 +258,7 @@ def validate(cfg) -> None:
     require(cfg.ridge >= 0, "ridge", cfg.ridge, "needs >= 0")
     require(cfg.max_steps is None or cfg.max_steps >= 1, "max_steps", cfg.max_steps,
             "needs >= 1 or null")
-    resolve_device(cfg.device)
+    pick_device(cfg.device)
 
 
 def run_dir_of(cfg) -> Path:
@@ -284,7 +273,7 @@ def linear_eval(cfg, run_dir: Optional[Path] = None) -> dict:
     validate(cfg)
     run_dir = Path(run_dir) if run_dir is not None else run_dir_of(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(cfg.device)
+    device = pick_device(cfg.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True          # fixed image size: pick the fastest kernels
     t0 = time.perf_counter()
@@ -309,8 +298,10 @@ def linear_eval(cfg, run_dir: Optional[Path] = None) -> dict:
             raise UserError(f"dataset {cfg.dataset.name} split '{cfg.dataset.train_split}' has no "
                             f"labelled images. Fix: dataset.train_split=train")
     test_index = torch.arange(len(test_src), device=device)
-    train_f = extract(backbone, train_src, train_index, cfg.batch_size, cfg.progress, "train features")
-    test_f = extract(backbone, test_src, test_index, cfg.batch_size, cfg.progress, "test features")
+    train_f = extract(backbone, train_src, train_index, cfg.batch_size, progress=cfg.progress,
+                      desc="train features")
+    test_f = extract(backbone, test_src, test_index, cfg.batch_size, progress=cfg.progress,
+                     desc="test features")
 
     # ------------------------------------------------------------------ fit and score
     result = {"checkpoint": str(enc.path) if enc.path is not None else "random",

@@ -67,3 +67,27 @@ def last_value(rows: List[dict], key: str) -> Optional[float]:
         if r.get(key) is not None:
             return r[key]
     return None
+
+
+# ---------------------------------------------------------------------- the loop's meters
+
+def new_meters(device) -> dict:
+    """Running sums of one epoch, kept on the device (read once per epoch)."""
+    import torch
+    z = lambda: torch.zeros((), dtype=torch.float64, device=device)  # noqa: E731
+    return {"loss_sum": z(), "seen": z(), "probe_correct": z(), "probe_seen": z()}
+
+
+def epoch_row(epoch: int, step: int, meters: dict, lr: float, images_per_s: float,
+              has_probe: bool) -> dict:
+    """The metrics.jsonl row of an epoch: mean loss and every method metric, lr, speed,
+    online probe top-1."""
+    n = max(meters["seen"].item(), 1)
+    row = {"epoch": epoch, "step": step, "loss": meters["loss_sum"].item() / n, "lr": lr,
+           "images_per_s": images_per_s}
+    if has_probe:
+        row["online_top1"] = 100.0 * meters["probe_correct"].item() / max(meters["probe_seen"].item(), 1)
+    for k, v in meters.items():
+        if k not in ("loss_sum", "seen", "probe_correct", "probe_seen"):
+            row[k] = v.item() / n
+    return row

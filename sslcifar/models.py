@@ -126,11 +126,13 @@ def split_batchnorm(module: nn.Module, num_splits: int) -> nn.Module:
 
 
 def projection_mlp(in_dim: int, hidden_dim: Optional[int], out_dim: int, num_layers: int = 2,
-                   bn: bool = True, last_bn: bool = False) -> nn.Sequential:
+                   bn: bool = True, last_bn: bool = False,
+                   last_bias: Optional[bool] = None) -> nn.Sequential:
     """Projection head: (Linear -> [BN] -> ReLU) x (num_layers-1) -> Linear [-> BN(no affine)].
 
     hidden_dim None means the input size (MoCo v2 / SupContrast heads).
-    Linear layers followed by BN carry no bias (it would be cancelled).
+    Linear layers followed by BN carry no bias (it would be cancelled); the last one has a
+    bias unless last_bn, or unless last_bias=False (MoCo v3's predictor).
     """
     hidden_dim = hidden_dim or in_dim
     layers = []
@@ -141,7 +143,7 @@ def projection_mlp(in_dim: int, hidden_dim: Optional[int], out_dim: int, num_lay
             layers.append(nn.BatchNorm1d(hidden_dim))
         layers.append(nn.ReLU(inplace=True))
         dim = hidden_dim
-    layers.append(nn.Linear(dim, out_dim, bias=not last_bn))
+    layers.append(nn.Linear(dim, out_dim, bias=(not last_bn) if last_bias is None else last_bias))
     if last_bn:
         layers.append(nn.BatchNorm1d(out_dim, affine=False))
     return nn.Sequential(*layers)

@@ -1,4 +1,5 @@
-"""Optimizers: SGD and AdamW from torch, LARS written out, and learning-rate scaling."""
+"""Optimizers: SGD and AdamW from torch, LARS (three variants) written out, and learning-rate
+scaling."""
 import math
 from typing import Iterable, Sequence
 
@@ -6,23 +7,60 @@ import torch
 
 
 class LARS(torch.optim.Optimizer):
-    """LARS (You et al., 2017, "Large Batch Training of Convolutional Networks") as
-    SogCLR and MoCo v3 use it. For each parameter p with gradient g:
+    """LARS (You et al., 2017, "Large Batch Training of Convolutional Networks") in the
+    three variants the replicated repositories use. For a parameter p with gradient g:
 
+    `sogclr` (SogCLR, MoCo v3, and the Barlow Twins / VICReg authors' code):
         if p.ndim > 1 (conv and linear weights):
             d = g + wd * p
-            d = d * eta * ||p|| / ||d||      (factor 1 when either norm is 0)
-        else (biases, BatchNorm): d = g       (no weight decay, no scaling)
-        mu = m * mu + d                       (mu starts at 0, so the first mu is d)
+            d = d * eta * ||p|| / ||d||          (factor 1 when either norm is 0)
+        else (biases, BatchNorm): d = g          (no weight decay, no scaling)
+    `solo` (solo-learn's LARS with exclude_bias_n_norm, the recipes of its CIFAR scripts):
+        if p.ndim > 1 and ||p|| > 0 and ||g|| > 0:
+            r = eta * ||p|| / (||g|| + wd * ||p|| + eps)
+            r = min(r / lr, 1) with clip_lr       (the step is then min(eta * trust, lr))
+            d = (g + wd * p) * r
+        else: d = g                              (no weight decay, no scaling)
+    `torchlars` (torchlars, which the invariance-by-gradient reproduction wraps around SGD):
+        as `solo`, on every parameter (biases and BatchNorm too), without clipping.
+    then, for all:
+        mu = m * mu + d                          (mu starts at 0, so the first mu is d)
         p  = p - lr * mu
     """
 
+    VARIANTS = ("sogclr", "solo", "torchlars")
+
     def __init__(self, params: Iterable, lr: float, momentum: float = 0.9,
-                 weight_decay: float = 0.0, trust_coefficient: float = 0.001):
+                 weight_decay: float = 0.0, trust_coefficient: float = 0.001,
+                 variant: str = "sogclr", clip_lr: bool = False, eps: float = 1e-8):
         if lr < 0:
             raise ValueError(f"lr must be >= 0, got {lr}")
+        if variant not in self.VARIANTS:
+            raise ValueError(f"LARS variant {variant!r}: use one of {', '.join(self.VARIANTS)}")
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
-                                      trust_coefficient=trust_coefficient))
+                                      trust_coefficient=trust_coefficient, variant=variant,
+                                      clip_lr=clip_lr, eps=eps))
+
+    @staticmethod
+    def _direction(p, g, group):
+        """d of the docstring; torch.where, not `if`: no host-device sync on the GPU."""
+        wd, eta, variant = group["weight_decay"], group["trust_coefficient"], group["variant"]
+        if p.ndim <= 1 and variant != "torchlars":
+            return g
+        p_norm = torch.norm(p)
+        if variant == "sogclr":
+            d = g.add(p, alpha=wd)
+            d_norm = torch.norm(d)
+            q = torch.where((p_norm > 0) & (d_norm > 0), eta * p_norm / d_norm,
+                            torch.ones_like(p_norm))
+            return d.mul(q)
+        g_norm = torch.norm(g)
+        ok = (p_norm > 0) & (g_norm > 0)
+        r = eta * p_norm / (g_norm + wd * p_norm + group["eps"])
+        if group["clip_lr"] and group["lr"] > 0:
+            r = torch.clamp(r / group["lr"], max=1.0)
+        # without a usable ratio: the plain gradient (no weight decay), as solo-learn's LARS
+        return torch.where(ok, g.add(p, alpha=wd) * r, g)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -34,15 +72,7 @@ class LARS(torch.optim.Optimizer):
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                d = p.grad
-                if p.ndim > 1:
-                    d = d.add(p, alpha=group["weight_decay"])
-                    p_norm, d_norm = torch.norm(p), torch.norm(d)
-                    # torch.where, not an `if`: no host-device sync on the GPU
-                    q = torch.where((p_norm > 0) & (d_norm > 0),
-                                    group["trust_coefficient"] * p_norm / d_norm,
-                                    torch.ones_like(p_norm))
-                    d = d.mul(q)
+                d = self._direction(p, p.grad, group)
                 state = self.state[p]
                 if "mu" not in state:
                     state["mu"] = torch.zeros_like(p)
@@ -68,15 +98,17 @@ def scaled_lr(base_lr: float, batch_size: int, rule: str) -> float:
 
 def build_optimizer(params, name: str, lr: float, weight_decay: float, momentum: float = 0.9,
                     nesterov: bool = False, betas: Sequence[float] = (0.9, 0.999),
-                    trust_coefficient: float = 0.001) -> torch.optim.Optimizer:
+                    trust_coefficient: float = 0.001, lars_variant: str = "sogclr",
+                    clip_lr: bool = False) -> torch.optim.Optimizer:
     """sgd: weight decay on every parameter, as SimCLR-CIFAR10, MoCo and SupContrast do;
-    lars: see LARS; adamw: torch's AdamW (decoupled weight decay)."""
+    lars: see LARS (lars_variant, clip_lr); adamw: torch's AdamW (decoupled weight decay).
+    `params`: parameters or parameter groups (a group's own weight_decay wins)."""
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov,
                                weight_decay=weight_decay)
     if name == "lars":
         return LARS(params, lr=lr, momentum=momentum, weight_decay=weight_decay,
-                    trust_coefficient=trust_coefficient)
+                    trust_coefficient=trust_coefficient, variant=lars_variant, clip_lr=clip_lr)
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
     raise ValueError(f"unknown optimizer {name!r}: use sgd, lars or adamw")

@@ -95,18 +95,6 @@ def load_encoder(cfg, outputs: Optional[Path] = None) -> Pretrained:
     return load_checkpoint(path, b.name, b.stem, cfg.dataset.size)
 
 
-def resolve_device(name: str) -> torch.device:
-    """The device an evaluation runs on: auto (CUDA when visible) | cpu | cuda."""
-    if name not in ("auto", "cpu", "cuda"):
-        raise UserError(f"device={name} is not allowed: use auto, cpu or cuda")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("device=cuda is not allowed: no CUDA device is visible. "
-                        "Fix: device=auto or device=cpu")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
-
-
 def launch_dir() -> Path:
     """Where the user ran the command (Hydra may have changed the working directory)."""
     from hydra.core.hydra_config import HydraConfig

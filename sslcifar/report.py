@@ -162,11 +162,14 @@ def _wall_time(lines: List[str]) -> Optional[float]:
 
 
 def _status(log: List[str], errors: List[str], done: bool, completed: bool,
-            last_row: Optional[dict] = None) -> str:
+            last_row: Optional[dict] = None, stopped_at: Optional[int] = None) -> str:
     """finished / failed / cancelled / requeued / stopped / running, from what the job
-    wrote: its log lines, error lines, done.json, submitit's result and metrics' last row."""
+    wrote: its log lines, error lines, done.json, submitit's result, metrics' last row and
+    stopped.json (written when max_steps ends a run, at an epoch end or not)."""
     if done:
         return "finished"
+    if stopped_at is not None and not errors:
+        return f"stopped at step {stopped_at}"
     if errors:
         last = re.sub(r"^slurmstepd[^:]*: error: \*+ (.*?) \**$", r"\1", errors[-1])
         if "CANCELLED AT" in last and "DUE TO" not in last:      # scancel: stopped, not broken
@@ -184,6 +187,14 @@ def _status(log: List[str], errors: List[str], done: bool, completed: bool,
     if events:
         return f"running (resumed at step {events[-1][1]})"
     return "running"
+
+
+def _stopped_at(job: Path) -> Optional[int]:
+    """The step of stopped.json: the run ended at max_steps (removed when it resumes)."""
+    try:
+        return int(json.loads((job / "stopped.json").read_text())["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def job_row(job: Path, name: Optional[str] = None) -> dict:
@@ -229,7 +240,7 @@ def job_row(job: Path, name: Optional[str] = None) -> dict:
     if failure:
         errors.append(failure)
     res["status"] = _status(log, errors, done is not None, _submitit_completed(folder),
-                            rows[-1] if rows else None)
+                            rows[-1] if rows else None, _stopped_at(job))
     row.update(res)
     return row
 

@@ -1,4 +1,5 @@
-"""Resuming a run: the config must be the one the checkpoint was trained with.
+"""Resuming a run: the config must be the one the checkpoint was trained with; and the
+signals (SLURM preemption, time limit) that make a run stop to be resumed.
 
 `python simclr.py hydra.run.dir=RUN resume=true` composes the config again from the
 command line. Without the first run's overrides it would silently continue another
@@ -79,3 +80,39 @@ def current_overrides() -> List[str]:
     if not HydraConfig.initialized():
         return []
     return list(HydraConfig.get().overrides.task)
+
+
+def requeued() -> int:
+    """How often SLURM has started this job again after a preemption, time limit or
+    requeue (0: its first run). A requeued job resumes by itself."""
+    import os
+    return int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
+
+
+class StopRequest:
+    """Set by SIGUSR2/SIGTERM (SLURM's warning before a time limit or preemption):
+    the loop saves a checkpoint at the next step and exits for requeue."""
+
+    def __init__(self):
+        self.signum: Optional[int] = None
+        self.previous = {}
+
+    def install(self) -> None:
+        import signal
+        for sig in (signal.SIGUSR2, signal.SIGTERM):
+            try:
+                self.previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:          # not the main thread: leave signals alone
+                pass
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+
+    def forward_to_previous(self) -> None:
+        """Hand the signal to whoever listened before us (submitit requeues the job)."""
+        import signal
+        prev = self.previous.get(self.signum)
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        if callable(prev):
+            prev(self.signum, None)

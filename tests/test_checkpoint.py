@@ -166,12 +166,12 @@ def test_a_disk_too_small_for_the_checkpoints_is_refused_before_training(tiny_fs
 
 def test_checkpoint_size_estimate_is_close_to_the_real_file(tmp_path):
     """The estimate behind the disk-space check, against a checkpoint of a real run."""
-    from sslcifar.train import _checkpoint_bytes
+    from sslcifar.checkpoint import estimated_bytes
     from sslcifar.methods import build_method
     from .test_config import compose_cfg
     run("simclr.py", *TINY, "experiment=demo", "dataset.num_train=32", "dataset.num_test=16",
         "eval.online_probe=false", f"hydra.run.dir={tmp_path}")
     cfg = compose_cfg(overrides=["experiment=demo", "backbone.width=8"])
-    estimate = _checkpoint_bytes(build_method(cfg, 32, 10), None, cfg.optimizer.name)
+    estimate = estimated_bytes(build_method(cfg, 32, 10), None, cfg.optimizer.name)
     real = (tmp_path / "checkpoints" / "last.pt").stat().st_size
     assert 0.8 * real < estimate < 1.2 * real, (estimate, real)

@@ -37,14 +37,25 @@ def test_simclr_defaults_match_the_simclr_cifar10_recipe():
     assert OmegaConf.is_struct(cfg)
 
 
+def moco_cfg(args):
+    """Compose as moco.py does: the original names renamed first (cli.rename_aliases)."""
+    import sys
+    sys.path.insert(0, str(REPO))
+    from moco import ALIASES
+    from sslcifar.cli import rename_aliases
+    argv = ["moco.py", *args]
+    rename_aliases(ALIASES, argv)
+    return compose_cfg("moco", argv[1:])
+
+
 def test_moco_original_command_names_feed_the_method():
-    cfg = compose_cfg("moco", ["backbone=resnet18", "batch_size=256", "moco_k=4096", "moco_t=0.2"])
+    cfg = moco_cfg(["backbone=resnet18", "batch_size=256", "moco_k=4096", "moco_t=0.2"])
     assert cfg.method.name == "moco" and cfg.loss.name == "moco_infonce"
     assert cfg.method.queue_size == 4096 and cfg.loss.temperature == 0.2
     assert cfg.method.momentum == 0.99 and cfg.batch_size == 256
     assert (cfg.optimizer.lr, cfg.optimizer.weight_decay) == (0.06, 5e-4)
     assert cfg.augment.crop_scale == [0.2, 1.0]
-    cfg = compose_cfg("moco", ["moco_k=1000", "moco_t=0.1", "moco_m=0.9"])
+    cfg = moco_cfg(["moco_k=1000", "moco_t=0.1", "moco_m=0.9"])
     assert (cfg.method.queue_size, cfg.loss.temperature, cfg.method.momentum) == (1000, 0.1, 0.9)
 
 
@@ -121,3 +132,75 @@ def test_moco_cifar10_demo_preset_is_the_demo_recipe():
         assert list(cfg.augment.crop_scale) == [0.08, 1.0] and cfg.augment.blur_p == 0
         assert (cfg.eval.knn_k, cfg.eval.knn_temperature) == (200, 0.1)
         validate_config(cfg)
+
+
+def _preset_targets(name):
+    """The entrypoints a preset is written for: its `python <script>.py experiment=<name>` lines."""
+    import re
+    text = (CONF / "experiment" / f"{name}.yaml").read_text()
+    return sorted(set(re.findall(rf"python (simclr|moco)\.py experiment={name}\b", text)))
+
+
+def _leaves(node, prefix=""):
+    for k, v in node.items():
+        if isinstance(v, dict):
+            yield from _leaves(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v
+
+
+@pytest.mark.parametrize("name", options("experiment"))
+def test_presets_list_only_their_differences(name):
+    """Every value a preset sets differs from what its entrypoint(s) compose without it (with
+    the preset's own group choices): a preset that repeats defaults hides what it changes."""
+    import yaml
+    targets = _preset_targets(name)
+    assert targets, f"experiment/{name}.yaml names no `python simclr.py experiment={name}` line"
+    spec = yaml.safe_load((CONF / "experiment" / f"{name}.yaml").read_text())
+    groups = [f"{k.removeprefix('override /')}={v}" for d in spec.get("defaults", [])
+              for k, v in d.items()]
+    values = dict(_leaves({k: v for k, v in spec.items() if k != "defaults"}))
+    assert values or groups, f"experiment/{name} changes nothing"
+    for key, value in values.items():
+        differs = []
+        for primary in targets:
+            base = OmegaConf.to_container(compose_cfg(primary, groups), resolve=True)
+            for part in key.split("."):
+                base = base[part]
+            differs.append(base != value and not (isinstance(value, list) and base == value))
+        assert any(differs), f"experiment/{name} sets {key}={value}, the default of {targets}"
+
+
+def test_a_method_yaml_and_loss_yaml_for_every_registered_method():
+    from sslcifar.methods import METHODS
+    assert set(options("method")) == set(METHODS)
+    for name, cls in METHODS.items():
+        cfg = compose_cfg(overrides=[f"method={name}"])
+        assert cfg.method.name == name and cfg.loss.name == cls.loss_name
+        assert OmegaConf.get_type(cfg.method) is cls.Config
+        assert OmegaConf.get_type(cfg.loss) is cls.Loss
+        assert (CONF / "loss" / f"{cls.loss_name}.yaml").exists()
+
+
+def test_a_methods_options_are_its_own():
+    """Fields of one method are not keys of another (a flat schema would accept them)."""
+    with pytest.raises(ConfigCompositionException):
+        compose_cfg(overrides=["method=simclr", "method.queue_size=10"])
+    with pytest.raises(ConfigCompositionException):
+        compose_cfg(overrides=["method=moco", "loss.gamma=0.5"])
+    assert compose_cfg(overrides=["method=sogclr", "loss.gamma=0.5"]).loss.gamma == 0.5
+
+
+@pytest.mark.parametrize("alias, key, value", [("moco_k", "method.queue_size", 8192),
+                                               ("moco_t", "loss.temperature", 0.05),
+                                               ("moco_m", "method.momentum", 0.5)])
+def test_the_original_moco_names_win_over_a_preset(tmp_path, alias, key, value):
+    """`python moco.py experiment=moco_v2_cifar10 moco_k=8192` trains with K = 8192, through
+    the real entrypoint."""
+    import yaml
+    from .conftest import run
+    for preset in ("moco_v2_cifar10", "moco_cifar10_demo"):
+        proc = run("moco.py", f"experiment={preset}", f"{alias}={value}", "--cfg", "job")
+        cfg = yaml.safe_load(proc.stdout)
+        group, field = key.split(".")
+        assert cfg[group][field] == value, (preset, cfg[group])

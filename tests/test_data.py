@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from sslcifar.data.datasets import load_cifar, load_imagefolder, load_stl10
-from sslcifar.data.loader import DeviceBatches, TorchvisionBatches, epoch_order, torchvision_transform
+from sslcifar.data.loader import DeviceBatches, TorchvisionBatches, epoch_order
+from sslcifar.data.views import view_specs
 from sslcifar.data.sources import ImageSource, SpirographSource
-from sslcifar.data.augment import BatchAugment, BatchNormalize
+from sslcifar.data.augment import BatchNormalize, ViewMaker
 from sslcifar.errors import UserError
 
 from .conftest import SHARED_DATA
@@ -89,34 +90,36 @@ def test_epoch_order_is_a_permutation_that_changes_per_epoch():
 
 def test_device_batches_resume_at_any_step_and_split_over_ranks():
     src = SpirographSource(64, seed=0, device=torch.device("cpu"), mean=[0.5] * 3, std=[0.5] * 3)
-    whole = list(DeviceBatches(src, 16, 2, seed=3, rank=0, world=1).epoch(2))
-    later = list(DeviceBatches(src, 16, 2, seed=3, rank=0, world=1).epoch(2, start_step=2))
+    whole = list(DeviceBatches(src, 16, seed=3, rank=0, world=1).epoch(2))
+    later = list(DeviceBatches(src, 16, seed=3, rank=0, world=1).epoch(2, start_step=2))
     assert len(whole) == 4 and len(later) == 2
-    for (v1, i1, _), (v2, i2, _) in zip(whole[2:], later):
-        assert torch.equal(i1, i2) and all(torch.equal(a, b) for a, b in zip(v1, v2))
-    r0 = list(DeviceBatches(src, 16, 2, seed=3, rank=0, world=2).epoch(2))
-    r1 = list(DeviceBatches(src, 16, 2, seed=3, rank=1, world=2).epoch(2))
-    for (_, i, _), (_, a, _), (_, b, _) in zip(whole, r0, r1):
-        assert torch.equal(torch.cat([a, b]), i)             # 2 ranks x 8 = 1 x 16, same images
+    for b1, b2 in zip(whole[2:], later):
+        assert torch.equal(b1.index, b2.index) and all(torch.equal(a, b) for a, b in zip(b1.views, b2.views))
+        assert all(torch.equal(p1["nuisance"], p2["nuisance"]) for p1, p2 in zip(b1.params, b2.params))
+    r0 = list(DeviceBatches(src, 16, seed=3, rank=0, world=2).epoch(2))
+    r1 = list(DeviceBatches(src, 16, seed=3, rank=1, world=2).epoch(2))
+    for w, a, b in zip(whole, r0, r1):
+        assert torch.equal(torch.cat([a.index, b.index]), w.index)   # 2 ranks x 8 = 1 x 16, same images
 
 
 def test_torchvision_pipeline_sees_the_same_batches(cifar_root):
     cfg = compose_cfg(overrides=[f"dataset.root={cifar_root}"])
     data = load_cifar("cifar10", str(cifar_root), "train", download=False).first(64)
-    src = ImageSource(data, torch.device("cpu"), BatchAugment(32, cfg.dataset.mean, cfg.dataset.std),
-                      BatchNormalize(32, cfg.dataset.mean, cfg.dataset.std))
-    tf = torchvision_transform(32, cfg.dataset.mean, cfg.dataset.std, cfg.augment)
-    tv = list(TorchvisionBatches(src, tf, 16, 2, seed=0, rank=0, world=1, num_workers=0,
-                                 device=torch.device("cpu")).epoch(0))
-    dev = [(i, y) for _, i, y in DeviceBatches(src, 16, 2, seed=0, rank=0, world=1).epoch(0)]
+    d = cfg.dataset
+    specs = view_specs(cfg.augment, d)
+    src = ImageSource(data, torch.device("cpu"), ViewMaker(specs, d.mean, d.std),
+                      BatchNormalize(32, d.mean, d.std))
+    tv = list(TorchvisionBatches(src, specs, d.mean, d.std, 16, seed=0, rank=0, world=1,
+                                 num_workers=0, device=torch.device("cpu")).epoch(0))
+    dev = list(DeviceBatches(src, 16, seed=0, rank=0, world=1).epoch(0))
     assert len(tv) == len(dev) == 4
-    for (views, i, y), (i2, y2) in zip(tv, dev):
-        assert torch.equal(i, i2) and torch.equal(y, y2)
-        assert len(views) == 2 and views[0].shape == (16, 3, 32, 32)
-        assert not torch.equal(views[0], views[1])
-    again = list(TorchvisionBatches(src, tf, 16, 2, seed=0, rank=0, world=1, num_workers=2,
-                                    device=torch.device("cpu")).epoch(0))
-    assert all(torch.equal(a[0][0], b[0][0]) for a, b in zip(tv, again))   # seeded per image
+    for a, b in zip(tv, dev):
+        assert torch.equal(a.index, b.index) and torch.equal(a.labels, b.labels)
+        assert len(a.views) == 2 and a.views[0].shape == (16, 3, 32, 32)
+        assert not torch.equal(a.views[0], a.views[1])
+    again = list(TorchvisionBatches(src, specs, d.mean, d.std, 16, seed=0, rank=0, world=1,
+                                    num_workers=2, device=torch.device("cpu")).epoch(0))
+    assert all(torch.equal(a.views[0], b.views[0]) for a, b in zip(tv, again))   # seeded per image
 
 
 def test_images_kept_in_host_memory_give_the_same_batches(cifar_root):
@@ -125,16 +128,17 @@ def test_images_kept_in_host_memory_give_the_same_batches(cifar_root):
     cfg = compose_cfg(overrides=[f"dataset.root={cifar_root}"])
     d = cfg.dataset
     data = load_cifar("cifar10", str(cifar_root), "train", download=False).first(64)
-    make = lambda placement: ImageSource(data, torch.device("cpu"), BatchAugment(32, d.mean, d.std),  # noqa: E731
+    views = ViewMaker(view_specs(cfg.augment, d), d.mean, d.std)
+    make = lambda placement: ImageSource(data, torch.device("cpu"), views,  # noqa: E731
                                          BatchNormalize(32, d.mean, d.std), placement)
     on_device, on_host = make("device"), make("host")
     assert on_host.on_host and not on_device.on_host
-    a = list(DeviceBatches(on_device, 16, 2, seed=5, rank=1, world=2).epoch(1))
-    b = list(DeviceBatches(on_host, 16, 2, seed=5, rank=1, world=2).epoch(1))
+    a = list(DeviceBatches(on_device, 16, seed=5, rank=1, world=2).epoch(1))
+    b = list(DeviceBatches(on_host, 16, seed=5, rank=1, world=2).epoch(1))
     assert len(a) == len(b) == 4
-    for (va, ia, ya), (vb, ib, yb) in zip(a, b):
-        assert torch.equal(ia, ib) and torch.equal(ya, yb)
-        assert all(torch.equal(x, y) for x, y in zip(va, vb))
+    for x, y in zip(a, b):
+        assert torch.equal(x.index, y.index) and torch.equal(x.labels, y.labels)
+        assert all(torch.equal(u, v) for u, v in zip(x.views, y.views))
     index = torch.tensor([3, 60, 0, 17])
     assert torch.equal(on_host.plain(index), on_device.plain(index))
     assert torch.equal(on_host._gather(index), data.images[index])

@@ -34,7 +34,7 @@ def _user_error(proc):
     ("+epoch=3", "epoch is not a config key. Fix: use epochs"),
 ])
 def test_invalid_values_are_rejected_before_training(tmp_path, override, expected):
-    proc = run("simclr.py", "experiment=demo", *TINY, "dataset.num_train=64", "dataset.num_test=32",
+    proc = run("simclr.py", "dataset=spirograph", *TINY, "dataset.num_train=64", "dataset.num_test=32",
                override, f"hydra.run.dir={tmp_path}", check=False)
     assert expected in _user_error(proc)
     assert not (tmp_path / "checkpoints").exists()          # no training started
@@ -106,3 +106,23 @@ def test_composition_errors_are_one_line_naming_the_override_and_the_fix(tmp_pat
 def test_an_added_key_is_refused_by_the_evaluation_commands_too(tmp_path):
     proc = run("linear_eval.py", "+lrr=0.1", f"hydra.run.dir={tmp_path}", check=False)
     assert "lrr is not a config key. Fix: use lr" in _user_error(proc)
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("dataset.mean=[0.5,0.5]", "dataset.mean=[0.5, 0.5] is not allowed: needs 3 values, one per RGB channel"),
+    ("dataset.std=[0,0,0]", "dataset.std=[0.0, 0.0, 0.0] is not allowed: every channel's std needs > 0"),
+    ("method.num_views=3", "method.num_views is not a config key. Fix: use augment.groups.0.count"),
+    ("augment.small_crops=-1", "augment.small_crops=-1 is not allowed: needs >= 0"),
+])
+def test_bad_data_and_view_settings_are_one_line_before_any_data_is_read(tmp_path, override, expected):
+    """No data folder exists here: the error must come before the loader looks for one."""
+    proc = run("simclr.py", *TINY, f"dataset.root={tmp_path}/none", override,
+               f"hydra.run.dir={tmp_path}/run", check=False)
+    assert expected in _user_error(proc)
+
+
+def test_a_method_that_takes_two_views_refuses_three_in_one_line(tmp_path):
+    proc = run("moco.py", "dataset=spirograph", *TINY, "augment.groups.0.count=3",
+               f"hydra.run.dir={tmp_path}", check=False)
+    assert ("augment.groups gives 3 view(s) per image, but method=moco takes exactly 2"
+            in _user_error(proc))

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sslcifar.losses import SogCLRLoss, moco_infonce, nt_xent, supcon
+from sslcifar.losses import SogCLRLoss, moco_infonce, nt_xent, nt_xent_multi, supcon
 
 
 # ------------------------------------------------------------------ NT-Xent
@@ -27,6 +27,38 @@ def test_nt_xent_matches_a_naive_loop(n, d, T):
     g = torch.Generator().manual_seed(n * d)
     z1, z2 = torch.randn(n, d, generator=g, dtype=torch.float64), torch.randn(n, d, generator=g, dtype=torch.float64)
     assert nt_xent(z1, z2, T).item() == pytest.approx(naive_nt_xent(z1, z2, T), rel=1e-5)
+
+
+def naive_nt_xent_multi(z, ids, T):
+    """The contrastive-learning-methods repository's multi-crop SimCLR, one anchor at a time:
+    -log( sum over the anchor's positives of exp(s/T) / sum over all others of exp(s/T) )."""
+    z = [F.normalize(v, dim=0) for v in z.double()]
+    total = 0.0
+    for a in range(len(z)):
+        others = [k for k in range(len(z)) if k != a]
+        pos = sum(math.exp(float(z[a] @ z[k]) / T) for k in others if ids[k] == ids[a])
+        total += -math.log(pos / sum(math.exp(float(z[a] @ z[k]) / T) for k in others))
+    return total / len(z)
+
+
+@pytest.mark.parametrize("n, v, T", [(3, 3, 0.1), (4, 8, 0.5), (2, 5, 1.0)])
+def test_nt_xent_multi_matches_a_naive_loop(n, v, T):
+    g = torch.Generator().manual_seed(n + v)
+    z = torch.randn(n * v, 6, generator=g, dtype=torch.float64)
+    ids = torch.arange(n).repeat(v)[torch.randperm(n * v, generator=g)]     # any crop order
+    assert nt_xent_multi(z, ids, T).item() == pytest.approx(naive_nt_xent_multi(z, ids, T), rel=1e-9)
+
+
+def test_nt_xent_multi_with_two_views_is_nt_xent():
+    g = torch.Generator().manual_seed(3)
+    z1, z2 = torch.randn(7, 5, generator=g, dtype=torch.float64), torch.randn(7, 5, generator=g, dtype=torch.float64)
+    ids = torch.arange(7).repeat(2)
+    torch.testing.assert_close(nt_xent_multi(torch.cat([z1, z2]), ids, 0.3), nt_xent(z1, z2, 0.3),
+                               rtol=1e-12, atol=1e-12)
+    # all embeddings equal, V views: each anchor has V-1 positives among N*V-1 others
+    n, v = 4, 3
+    assert nt_xent_multi(torch.ones(n * v, 4), torch.arange(n).repeat(v), 0.5).item() == \
+        pytest.approx(math.log((n * v - 1) / (v - 1)), abs=1e-5)
 
 
 @pytest.mark.parametrize("n", [1, 4, 32])
@@ -237,3 +269,124 @@ def test_sogclr_u_is_saved_and_restored():
     b = SogCLRLoss(6)
     b.load_state_dict(a.state_dict())
     assert torch.equal(a.u, b.u)
+
+
+# ------------------------------------------------------------------ the methods without negatives
+
+def naive_barlow(z1, z2, lambd, scale):
+    """Barlow Twins written entry by entry: BatchNorm1d(affine=False) in training mode, then
+    the cross-correlation matrix and its two sums."""
+    bn = torch.nn.BatchNorm1d(z1.shape[1], affine=False, dtype=torch.float64).train()
+    a, b = bn(z1.double()), bn(z2.double())
+    n, d = a.shape
+    total = 0.0
+    for i in range(d):
+        for j in range(d):
+            c = float((a[:, i] * b[:, j]).sum()) / n
+            total += (1 - c) ** 2 if i == j else lambd * c ** 2
+    return scale * total
+
+
+@pytest.mark.parametrize("n, d, lambd, scale", [(8, 4, 0.0051, 1.0), (16, 6, 0.1, 0.1), (5, 3, 1.0, 2.0)])
+def test_barlow_twins_matches_a_naive_loop(n, d, lambd, scale):
+    from sslcifar.losses import barlow_twins
+    g = torch.Generator().manual_seed(n)
+    z1, z2 = torch.randn(n, d, generator=g, dtype=torch.float64), torch.randn(n, d, generator=g, dtype=torch.float64)
+    assert barlow_twins(z1, z2, lambd, scale).item() == pytest.approx(naive_barlow(z1, z2, lambd, scale), rel=1e-9)
+
+
+def test_barlow_twins_edge_cases():
+    from sslcifar.losses import barlow_twins
+    # identical views of decorrelated, standardised features: c = I (up to the BN eps), loss ~ 0
+    z = torch.tensor([[1.0, 1.0], [1.0, -1.0], [-1.0, 1.0], [-1.0, -1.0]], dtype=torch.float64)
+    # (standardised by sqrt(var + eps): c_ii = 1 / (1 + eps))
+    assert barlow_twins(z, z, 0.0051).item() == pytest.approx(2 * (1 - 1 / (1 + 1e-5)) ** 2, rel=1e-6)
+    # a feature with zero variance standardises to 0: its diagonal term is (1 - 0)^2 = 1
+    z0 = z.clone()
+    z0[:, 1] = 3.0
+    assert barlow_twins(z0, z0, 0.0).item() == pytest.approx(1 + (1 - 1 / (1 + 1e-5)) ** 2, rel=1e-12)
+
+
+def naive_vicreg(x, y, s, v, c):
+    """The VICReg authors' main_vicreg.py, term by term in float64."""
+    x, y = x.double(), y.double()
+    n, d = x.shape
+    inv = float(((x - y) ** 2).mean())
+    var = 0.0
+    for z in (x, y):
+        for k in range(d):
+            col = z[:, k]
+            std = math.sqrt(float(((col - col.mean()) ** 2).sum()) / (n - 1) + 1e-4)
+            var += max(0.0, 1 - std) / d / 2
+    cov = 0.0
+    for z in (x, y):
+        zc = z - z.mean(0)
+        for i in range(d):
+            for j in range(d):
+                if i != j:
+                    cov += (float((zc[:, i] * zc[:, j]).sum()) / (n - 1)) ** 2 / d
+    return s * inv + v * var + c * cov
+
+
+@pytest.mark.parametrize("n, d", [(8, 4), (16, 7), (3, 2)])
+def test_vicreg_matches_the_authors_formula_term_by_term(n, d):
+    from sslcifar.losses import vicreg
+    g = torch.Generator().manual_seed(d)
+    x = 0.3 * torch.randn(n, d, generator=g, dtype=torch.float64)
+    y = x + 0.1 * torch.randn(n, d, generator=g, dtype=torch.float64)
+    assert vicreg(x, y).item() == pytest.approx(naive_vicreg(x, y, 25.0, 25.0, 1.0), rel=1e-9)
+    assert vicreg(x, y, 1.0, 2.0, 3.0).item() == pytest.approx(naive_vicreg(x, y, 1.0, 2.0, 3.0), rel=1e-9)
+
+
+def test_vicreg_edge_cases():
+    from sslcifar.losses import vicreg
+    # identical views: no invariance term; a constant feature has std sqrt(1e-4) = 0.01
+    x = torch.tensor([[2.0, 5.0], [-2.0, 5.0], [2.0, 5.0], [-2.0, 5.0]], dtype=torch.float64)
+    # feature 0 has unbiased std sqrt(16/3) > 1 (no variance penalty), feature 1 is constant
+    expected_var = 2 * (1 - 0.01) / 2 / 2          # both views: mean over 2 features, halved
+    assert vicreg(x, x, 25.0, 1.0, 0.0).item() == pytest.approx(expected_var, abs=1e-12)
+    assert vicreg(x, x, 1.0, 0.0, 1.0).item() == pytest.approx(0.0, abs=1e-12)   # no covariance
+
+
+def test_byol_and_simsiam_against_their_formulas_and_edge_cases():
+    from sslcifar.losses import byol, simsiam
+    g = torch.Generator().manual_seed(5)
+    p, z = torch.randn(6, 4, generator=g, dtype=torch.float64), torch.randn(6, 4, generator=g, dtype=torch.float64)
+    naive = sum(2 - 2 * float(p[i] @ z[i]) / (p[i].norm() * z[i].norm()).item() for i in range(6)) / 6
+    assert byol(p, z).item() == pytest.approx(naive, rel=1e-12)
+    # BYOL's form is the squared distance of the normalised vectors
+    sq = ((F.normalize(p, dim=1) - F.normalize(z, dim=1)) ** 2).sum(1).mean()
+    assert byol(p, z).item() == pytest.approx(sq.item(), rel=1e-12)
+    assert byol(3 * z, z).item() == pytest.approx(0.0, abs=1e-12)            # p parallel to z
+    assert byol(-z, z).item() == pytest.approx(4.0, abs=1e-12)
+    p2, z2 = torch.randn(6, 4, generator=g, dtype=torch.float64), torch.randn(6, 4, generator=g, dtype=torch.float64)
+    cos = lambda a, b: float((F.normalize(a, dim=1) * F.normalize(b, dim=1)).sum(1).mean())  # noqa: E731
+    assert simsiam(p, p2, z, z2).item() == pytest.approx(-0.5 * (cos(p, z2) + cos(p2, z)), rel=1e-12)
+    assert simsiam(z2, z, z, z2).item() == pytest.approx(-1.0, abs=1e-12)
+
+
+def test_the_stop_gradient_keeps_the_targets_out_of_the_graph():
+    from sslcifar.losses import byol, simsiam
+    p = torch.randn(4, 3, requires_grad=True)
+    z = torch.randn(4, 3, requires_grad=True)
+    (byol(p, z) + simsiam(p, p, z, z)).backward()
+    assert z.grad is None and p.grad is not None and p.grad.abs().sum() > 0
+
+
+def naive_mocov3(q, k, T):
+    q, k = F.normalize(q.double(), dim=1), F.normalize(k.double(), dim=1)
+    total = 0.0
+    for i in range(len(q)):
+        logits = [float(q[i] @ k[j]) / T for j in range(len(k))]
+        total += -logits[i] + math.log(sum(math.exp(v) for v in logits))
+    return 2 * T * total / len(q)
+
+
+@pytest.mark.parametrize("n, T", [(4, 0.2), (9, 1.0), (3, 0.05)])
+def test_mocov3_infonce_matches_a_naive_loop_times_2t(n, T):
+    from sslcifar.losses import mocov3_infonce
+    g = torch.Generator().manual_seed(n)
+    q, k = torch.randn(n, 5, generator=g, dtype=torch.float64), torch.randn(n, 5, generator=g, dtype=torch.float64)
+    assert mocov3_infonce(q, k, T).item() == pytest.approx(naive_mocov3(q, k, T), rel=1e-9)
+    same = torch.ones(n, 5)
+    assert mocov3_infonce(same, same, T).item() == pytest.approx(2 * T * math.log(n), rel=1e-5)

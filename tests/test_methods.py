@@ -5,10 +5,16 @@ import copy
 import pytest
 import torch
 
+from sslcifar.data.batch import Batch
 from sslcifar.methods import MoCo, build_method
 from sslcifar.models import SplitBatchNorm2d, build_backbone, projection_mlp, split_batchnorm
 
 from .test_config import compose_cfg
+
+
+def _batch(views):
+    b = views[0].shape[0]
+    return Batch(views, torch.arange(b), torch.zeros(b, dtype=torch.long))
 
 
 def tiny_moco(K=10, m=0.9, symmetric=False):
@@ -29,7 +35,7 @@ def test_key_encoder_gets_no_gradient_and_moves_by_the_ema_rule():
         for p in model.backbone.parameters():
             p.add_(0.1)
     q_now = [p.detach().clone() for p in list(model.backbone.parameters()) + list(model.projector.parameters())]
-    out = model([x, x.flip(-1)], torch.arange(4))
+    out = model(_batch([x, x.flip(-1)]))
     out["loss"].backward()
     for p in list(model.backbone_k.parameters()) + list(model.projector_k.parameters()):
         assert p.grad is None and not p.requires_grad
@@ -49,7 +55,7 @@ def test_queue_holds_the_latest_keys_and_wraps_around():
         x = torch.randn(b, 3, 16, 16)
         queue_before = model.queue.clone()
         with torch.no_grad():
-            out = model([x, x], torch.arange(b))
+            out = model(_batch([x, x]))
         # keys are the normalised key-encoder outputs of the second view, computed
         # after this step's EMA update (the model's state now)
         with torch.no_grad():
@@ -73,7 +79,7 @@ def test_moco_loss_uses_the_queue_before_this_batch_is_enqueued():
     queue = model.queue.clone()
     with torch.no_grad():
         copy_model = copy.deepcopy(model)
-        out = model([x, x.flip(-1)], torch.arange(4))
+        out = model(_batch([x, x.flip(-1)]))
         # recompute with the old queue through the pure loss
         from sslcifar.losses import moco_infonce
         q = torch.nn.functional.normalize(copy_model.projector(copy_model.backbone(x)), dim=1)
@@ -86,21 +92,22 @@ def test_moco_loss_uses_the_queue_before_this_batch_is_enqueued():
 def test_loss_falls_on_a_fixed_tiny_batch(method):
     primary = "moco" if method == "moco" else "simclr"
     cfg = compose_cfg(primary, [f"method={method}", "backbone.width=8", "dataset.size=16",
-                                "moco_k=64" if method == "moco" else "batch_size=16"])
+                                "method.queue_size=64" if method == "moco" else "batch_size=16"])
     torch.manual_seed(0)
     model = build_method(cfg, num_train=16, num_classes=4)
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.05, momentum=0.9)
     g = torch.Generator().manual_seed(1)
-    views = [torch.randn(16, 3, 16, 16, generator=g) for _ in range(cfg.method.num_views)]
+    num_views = sum(group.count for group in cfg.augment.groups)
+    views = [torch.randn(16, 3, 16, 16, generator=g) for _ in range(num_views)]
     views = [views[0] + 0.1 * torch.randn(16, 3, 16, 16, generator=g) for _ in views]
-    index, labels = torch.arange(16), torch.arange(16) % 4
+    batch = Batch(views, torch.arange(16), torch.arange(16) % 4)
     if method == "moco":                 # fill the queue with real keys first (random at start)
         with torch.no_grad():
             for _ in range(64 // 16):
-                model(views, index, labels)
+                model(batch)
     losses = []
     for _ in range(12):
-        out = model(views, index, labels)
+        out = model(batch)
         opt.zero_grad()
         out["loss"].backward()
         opt.step()
@@ -150,7 +157,7 @@ def test_symmetric_moco_sums_both_directions_like_the_moco_cifar_demo():
     ref = copy.deepcopy(model)
     torch.manual_seed(2)
     x1, x2 = torch.randn(4, 3, 16, 16), torch.randn(4, 3, 16, 16)
-    loss = model([x1, x2], torch.arange(4))["loss"]
+    loss = model(_batch([x1, x2]))["loss"]
 
     def naive_infonce(q, k, queue, t=0.2):
         total = 0.0
@@ -170,3 +177,32 @@ def test_symmetric_moco_sums_both_directions_like_the_moco_cifar_demo():
         expected = naive_infonce(q1, k2, queue) + naive_infonce(q2, k1, queue)
     torch.testing.assert_close(loss.detach(), expected, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(model.queue[:8], torch.cat([k1, k2]), rtol=1e-5, atol=1e-6)
+
+
+def test_encode_runs_the_backbone_once_per_run_of_one_size():
+    cfg = compose_cfg(overrides=["backbone.width=4", "augment.small_crops=3", "augment.small_size=16"])
+    torch.manual_seed(0)
+    model = build_method(cfg, num_train=8, num_classes=2)
+    calls = []
+    model.backbone.register_forward_hook(lambda m, i, o: calls.append(i[0].shape))
+    g = torch.Generator().manual_seed(0)
+    views = [torch.randn(4, 3, 32, 32, generator=g) for _ in range(2)] + \
+            [torch.randn(4, 3, 16, 16, generator=g) for _ in range(3)]
+    h = model.encode(views)
+    assert calls == [(8, 3, 32, 32), (12, 3, 16, 16)] and h.shape == (20, model.backbone.num_features)
+    model.eval()            # per-sample results: the same as one view at a time
+    torch.testing.assert_close(model.encode(views), torch.cat([model.backbone(v) for v in views]))
+
+
+def test_simclr_with_three_views_and_with_small_crops_trains_one_step():
+    for extra in (["augment.groups.0.count=3"], ["augment.small_crops=2", "augment.small_size=16"]):
+        cfg = compose_cfg(overrides=["backbone.width=4", *extra])
+        torch.manual_seed(0)
+        model = build_method(cfg, num_train=8, num_classes=2)
+        g = torch.Generator().manual_seed(0)
+        sizes = [32, 32, 32] if len(extra) == 1 else [32, 32, 16, 16]
+        views = [torch.randn(4, 3, s, s, generator=g) for s in sizes]
+        out = model(_batch(views))
+        out["loss"].backward()
+        assert torch.isfinite(out["loss"]) and out["features"].shape[0] == 4
+        assert model.backbone.conv1.weight.grad.abs().sum() > 0

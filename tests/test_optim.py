@@ -39,6 +39,52 @@ def test_lars_matches_a_naive_loop_over_several_steps():
         torch.testing.assert_close(ours.detach(), ref, atol=1e-12, rtol=1e-12)
 
 
+def naive_solo_lars(params, grads_per_step, lr, m, wd, eta, clip, every_param=False, eps=1e-8):
+    """solo-learn's LARS (solo/utils/lars.py) / torchlars, one tensor at a time in Python floats:
+    ratio eta*|p| / (|g| + wd*|p| + eps), clipped to lr when asked; biases excluded unless
+    every_param."""
+    params = [p.clone() for p in params]
+    mus = [torch.zeros_like(p) for p in params]
+    for grads in grads_per_step:
+        for i, (p, g) in enumerate(zip(params, grads)):
+            pn, gn = p.norm().item(), g.norm().item()
+            if (p.dim() > 1 or every_param) and pn > 0 and gn > 0:
+                r = eta * pn / (gn + wd * pn + eps)
+                if clip:
+                    r = min(r / lr, 1.0)
+                d = (g + wd * p) * r
+            else:
+                d = g
+            mus[i] = m * mus[i] + d
+            params[i] = p - lr * mus[i]
+    return params
+
+
+@pytest.mark.parametrize("variant, clip", [("solo", True), ("solo", False), ("torchlars", False)])
+def test_solo_and_torchlars_variants_match_a_naive_loop(variant, clip):
+    g = torch.Generator().manual_seed(1)
+    init = [torch.randn(s, generator=g, dtype=torch.float64) for s in [(4, 3), (2, 3, 3, 3), (4,)]]
+    init.append(torch.zeros(3, 3, dtype=torch.float64))          # zero norm: the plain gradient
+    init[0] *= 50                       # a large weight: its unclipped ratio exceeds lr
+    grads = [[torch.randn(p.shape, generator=g, dtype=torch.float64) for p in init] for _ in range(4)]
+    params = [p.clone().requires_grad_() for p in init]
+    opt = LARS(params, lr=0.3, momentum=0.9, weight_decay=1e-4, trust_coefficient=0.02,
+               variant=variant, clip_lr=clip)
+    for step in grads:
+        for p, gr in zip(params, step):
+            p.grad = gr.clone()
+        opt.step()
+    ref = naive_solo_lars(init, grads, 0.3, 0.9, 1e-4, 0.02, clip, every_param=variant == "torchlars")
+    for ours, r in zip(params, ref):
+        torch.testing.assert_close(ours.detach(), r, atol=1e-12, rtol=1e-12)
+    if variant == "solo":           # the bias kept plain momentum SGD: no wd, no ratio
+        bias, mu = init[2].clone(), torch.zeros(4, dtype=torch.float64)
+        for k in range(4):
+            mu = 0.9 * mu + grads[k][2]
+            bias = bias - 0.3 * mu
+        torch.testing.assert_close(params[2].detach(), bias, atol=1e-12, rtol=1e-12)
+
+
 def test_lars_biases_and_bn_get_plain_momentum_sgd():
     w = torch.ones(5, requires_grad=True)
     opt = LARS([w], lr=0.1, momentum=0.9, weight_decay=0.5)

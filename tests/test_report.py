@@ -20,13 +20,16 @@ SPIRO = ["dataset=spirograph", "dataset.num_train=128", "dataset.num_test=128", 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
     """<sweep>/0_..., 1_...: finished (temperature 0.2, 0.5); 2_...: failed (temperature 0
-    is refused, which ends the multirun with exit status 2); 9_partial: stopped by
-    max_steps in the middle of its second epoch (2 steps each)."""
+    is refused, which ends the multirun with exit status 2); 8_epoch_end: stopped by
+    max_steps exactly at the end of its first epoch; 9_partial: stopped by max_steps in
+    the middle of its second epoch (2 steps each)."""
     root = tmp_path_factory.mktemp("report") / "sweep"
     proc = run("simclr.py", "-m", *SPIRO, "batch_size=32", "loss.temperature=0.2,0.5,0",
                f"hydra.sweep.dir={root}", check=False)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "error: loss.temperature=0.0 is not allowed" in proc.stderr
+    run("simclr.py", *SPIRO, "batch_size=64", "loss.temperature=1.0", "max_steps=2",
+        f"hydra.run.dir={root / '8_epoch_end'}")
     run("simclr.py", *SPIRO, "batch_size=64", "loss.temperature=1.0", "max_steps=3",
         f"hydra.run.dir={root / '9_partial'}")
     return root
@@ -35,7 +38,7 @@ def sweep(tmp_path_factory):
 @pytest.mark.slow
 def test_rows_of_finished_failed_and_partial_runs(sweep):
     jobs = find_jobs([sweep])
-    assert [j.name.split("_")[0] for j in jobs] == ["0", "1", "2", "9"]
+    assert [j.name.split("_")[0] for j in jobs] == ["0", "1", "2", "8", "9"]
     rows = {r["job"].split("_")[0]: r for r in map(job_row, jobs)}
     for num, temperature in (("0", "0.2"), ("1", "0.5")):
         r = rows[num]
@@ -48,6 +51,8 @@ def test_rows_of_finished_failed_and_partial_runs(sweep):
     failed = rows["2"]
     assert failed["status"] == "failed: error: loss.temperature=0.0 is not allowed: needs > 0"
     assert failed["loss.temperature"] == "0" and failed["epochs_done"] == 0 and "loss" not in failed
+    # stopped by max_steps at an epoch end: no partial row, yet not running
+    assert rows["8"]["status"] == "stopped at step 2" and rows["8"]["epochs_done"] == 1
     partial = rows["9"]
     assert partial["status"] == "stopped at step 3"
     assert (partial["step"], partial["epochs_done"], partial["batch_size"]) == (3, 1, "64")
@@ -58,18 +63,18 @@ def test_rows_of_finished_failed_and_partial_runs(sweep):
 def test_report_writes_csv_markdown_and_plot(sweep, capsys):
     main([str(sweep)])
     out = capsys.readouterr().out
-    assert "4 jobs (2 finished, 1 failed)" in out
+    assert "5 jobs (2 finished, 1 failed)" in out
     assert "results.png (knn_r2 vs loss.temperature, one line per batch_size)" in out
     with open(sweep / "results.csv") as f:
         table = list(csv.DictReader(f))
-    assert len(table) == 4 and table[0]["dataset.num_train"] == "128"      # every override
+    assert len(table) == 5 and table[0]["dataset.num_train"] == "128"      # every override
     assert [t["status"] for t in table][:2] == ["finished", "finished"]
     md = (sweep / "results.md").read_text().splitlines()
-    assert md[0] == "4 jobs, 2 finished."
+    assert md[0] == "5 jobs, 2 finished."
     assert "`dataset=spirograph`" in md[1]                 # shared overrides, listed once
     header = md[3]
     assert header.startswith("| job | batch_size | loss.temperature | max_steps | step | loss |")
-    assert "dataset.num_train" not in header and len(md) == 5 + 4
+    assert "dataset.num_train" not in header and len(md) == 5 + 5
     assert md[5].startswith("| 0 | 32 | 0.2 |  | 8 |")
     assert (sweep / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # another metric and axis; a single line
@@ -86,10 +91,10 @@ def test_linear_eval_inside_a_job_folder_joins_its_row(sweep, tmp_path):
         "dataset.num_test=128", "device=cpu", "progress=false", f"hydra.run.dir={job / 'linear_eval'}")
     r2 = json.loads((job / "linear_eval" / "linear_eval.json").read_text())["r2"]
     jobs = find_jobs([sweep])
-    assert len(jobs) == 4                    # the evaluation's own .hydra is not a job
+    assert len(jobs) == 5                    # the evaluation's own .hydra is not a job
     assert job_row(jobs[0])["linear_r2"] == r2
     rows = collect([sweep, sweep])           # several folders: names carry the folder
-    assert rows[0]["job"].startswith(f"{sweep.name}/0_") and len(rows) == 8
+    assert rows[0]["job"].startswith(f"{sweep.name}/0_") and len(rows) == 10
 
 
 def test_status_from_log_and_stderr_lines():

@@ -63,8 +63,11 @@ def test_views_share_generative_parameters_but_not_nuisance():
     from sslcifar.data.sources import SpirographSource
     src = SpirographSource(16, seed=0, device=torch.device("cpu"), mean=[0.5] * 3, std=[0.5] * 3)
     g = torch.Generator().manual_seed(0)
-    v1, v2 = src.views(torch.arange(4), 2, g)
+    (v1, v2), params, replay = src.views(torch.arange(4), g)
     assert not torch.equal(v1, v2)
+    # each view hands back its nuisance parameters, and is re-rendered from them
+    assert [p["nuisance"].shape for p in params] == [(4, 6), (4, 6)]
+    assert torch.equal(replay(1, params[1]), v2)
     torch.testing.assert_close(src.plain(torch.arange(4)), src.plain(torch.arange(4)))
     other = SpirographSource(16, seed=1, device=torch.device("cpu"), mean=[0.5] * 3, std=[0.5] * 3)
     assert not torch.equal(src.params, other.params)       # train and test are different draws

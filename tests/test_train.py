@@ -206,3 +206,19 @@ def test_figures_at_the_end_of_pretraining(tmp_path, cifar_root):
         "eval.tsne_points=100", f"hydra.run.dir={out}")
     for name in ("curves.png", "tsne.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_views_of_several_sizes_and_a_weight_decay_schedule_train_end_to_end(tmp_path, cifar_root):
+    """SimCLR on 2 global + 2 small crops (multi-crop through the view groups), with the
+    weight decay on a cosine from 1e-4 to 0.1: the optimizer's groups carry the scheduled
+    value of the last step."""
+    from sslcifar.schedule import warmup_cosine
+    proc = run("simclr.py", *TINY, f"dataset.root={cifar_root}", "dataset.subset=64",
+               "augment.small_crops=2", "augment.small_size=16", "optimizer.weight_decay=1e-4",
+               "scheduler.final_weight_decay=0.1", "eval.knn_every=0", f"hydra.run.dir={tmp_path}")
+    assert "2x32px + 2x16px views" in proc.stderr + proc.stdout
+    state = _load(tmp_path)
+    assert state["step"] == 4
+    wd = warmup_cosine(1e-4, 0.1, 4).tolist()[3]
+    assert [g["weight_decay"] for g in state["optimizer"]["param_groups"]] == [wd]

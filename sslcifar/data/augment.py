@@ -1,12 +1,24 @@
-"""Batched SimCLR / MoCo v2 augmentation of uint8 images, on their own device.
+"""Batched SimCLR-style augmentation of uint8 images, on their own device, in two steps.
 
 torchvision augments one PIL image at a time in DataLoader workers; here a whole
-batch [B, 3, H, W] is augmented at once with tensor operations and per-sample
-random parameters drawn from a `torch.Generator`. The semantics follow
-torchvision's transforms, in SimCLR's order:
+batch [B, 3, H, W] is augmented at once with tensor operations (`sslcifar.data.ops`)
+and per-sample random parameters. The semantics follow torchvision's transforms,
+in SimCLR's order:
 
     RandomResizedCrop -> RandomHorizontalFlip -> RandomApply(ColorJitter, p)
     -> RandomGrayscale -> RandomApply(GaussianBlur, p) -> RandomSolarize -> Normalize
+
+and the work is split in two:
+
+1. `sample_params(spec, n, H, W, generator)` draws every random choice of n views
+   from the generator into a dict of tensors (the view's *parameters*: crop boxes,
+   flips, jitter factors and order, grayscale/blur/solarize draws);
+2. `apply_params(images, spec, params)` makes the views from them. It draws nothing,
+   and it is differentiable in the float factors (`params["jitter"]`: brightness,
+   contrast, saturation, hue), which the invariance gradient penalty needs.
+
+Same generator state, same parameters, same views: the trainer reseeds per step for
+exact resume, and a method can re-make a view from its parameters (`ViewMaker.replay`).
 
 - crop boxes are sampled exactly as `RandomResizedCrop.get_params` samples them
   (10 attempts, then the central fallback), and resized by bilinear or bicubic
@@ -19,197 +31,150 @@ torchvision's transforms, in SimCLR's order:
   shift and a clamp to [0, 1] after each, like torchvision's tensor ops;
 - no host-device synchronisation: every choice is a mask or a per-sample factor, so
   the whole augmentation can be queued on a GPU without waiting.
-
-Same generator state, same output: the trainer reseeds per step for exact resume.
 """
-import math
-from typing import Sequence, Tuple
+from dataclasses import dataclass
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
-GRAY_WEIGHTS = (0.2989, 0.587, 0.114)      # ITU-R 601 luma, as torchvision's rgb_to_grayscale
-CROP_ATTEMPTS = 10                         # torchvision's RandomResizedCrop tries 10 boxes
-BICUBIC_A = -0.75                          # PyTorch's cubic convolution coefficient
+from .ops import (_per_sample, adjust_hue, gaussian_blur, resized_crop, rgb_to_grayscale,
+                  sample_crop_boxes, solarize)
+
+Params = Dict[str, torch.Tensor]
+
+# ColorJitter's four factors in params["jitter"][:, k]; the order tensor holds these indices
+BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)
 
 
-# ---------------------------------------------------------------------- crop
+@dataclass(frozen=True)
+class ViewSpec:
+    """The augmentation of one view group, every field resolved (`sslcifar.data.views`
+    builds these from the config). `count` views of `size` x `size` pixels each."""
+    size: int
+    count: int = 1
+    crop_scale: Tuple[float, float] = (0.08, 1.0)
+    crop_ratio: Tuple[float, float] = (3 / 4, 4 / 3)
+    interpolation: str = "bilinear"
+    flip_p: float = 0.5
+    jitter_p: float = 0.8
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.4
+    hue: float = 0.1
+    grayscale_p: float = 0.2
+    blur_p: float = 0.0
+    blur_kernel_size: int = 3
+    blur_sigma: Tuple[float, float] = (0.1, 2.0)
+    solarize_p: float = 0.0
+    solarize_threshold: float = 0.5
 
-def sample_crop_boxes(n: int, height: int, width: int, scale: Sequence[float],
-                      ratio: Sequence[float], generator: torch.Generator, device
-                      ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Crop boxes distributed as torchvision's RandomResizedCrop.get_params draws them.
 
-    Returns (top, left, h, w), each int64 [n]. All 10 attempts are drawn at once and
-    the first valid one is kept; samples with none get the central fallback crop.
+# ---------------------------------------------------------------------- 1. sampling
+
+def sample_params(spec: ViewSpec, n: int, height: int, width: int,
+                  generator: torch.Generator, device) -> Params:
+    """Every random choice of n views of images of height x width, drawn from `generator`.
+
+    Returns a dict of tensors, all with n rows:
+        box [n, 4] int64        top, left, height, width of the crop
+        flip [n] bool           horizontal flip
+        jitter_on [n] bool      colour jitter applied
+        jitter [n, 4] float     brightness, contrast, saturation factors and hue shift
+                                (as drawn; they act only where jitter_on)
+        order [n, 4] int64      the order of the four jitter ops (a permutation of 0..3)
+        gray [n] bool           converted to grayscale
+        blur_sigma [n] float    Gaussian blur sigma (0: not blurred)
+        solarize [n] bool       solarized
+    An op whose probability is 0 draws nothing (neutral values), so switching one off
+    does not shift the random stream of the others.
     """
-    area = height * width
-    r = torch.rand(n, CROP_ATTEMPTS, 4, generator=generator, device=device, dtype=torch.float64)
-    target_area = area * (scale[0] + (scale[1] - scale[0]) * r[..., 0])
-    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
-    aspect = torch.exp(log_lo + (log_hi - log_lo) * r[..., 1])
-    w = torch.round(torch.sqrt(target_area * aspect))          # round half to even, as Python
-    h = torch.round(torch.sqrt(target_area / aspect))
-    valid = (w > 0) & (w <= width) & (h > 0) & (h <= height)
-    first = valid.to(torch.uint8).argmax(dim=1, keepdim=True)    # first valid attempt
-    pick = lambda t: t.gather(1, first).squeeze(1)               # noqa: E731
-    w, h = pick(w), pick(h)
-    # offsets uniform over the valid integer range, as randint(0, H - h + 1)
-    top = torch.floor(pick(r[..., 2]) * (height - h + 1))
-    left = torch.floor(pick(r[..., 3]) * (width - w + 1))
-    # central fallback when no attempt fits
-    in_ratio = width / height
-    if in_ratio < min(ratio):
-        fw, fh = width, int(round(width / min(ratio)))
-    elif in_ratio > max(ratio):
-        fw, fh = int(round(height * max(ratio))), height
+    rand = lambda *shape: torch.rand(*shape, generator=generator, device=device)  # noqa: E731
+    box = torch.stack(sample_crop_boxes(n, height, width, spec.crop_scale, spec.crop_ratio,
+                                        generator, device), dim=1)
+    p: Params = {"box": box, "flip": rand(n) < spec.flip_p}
+    if spec.jitter_p > 0:
+        p["jitter_on"] = rand(n) < spec.jitter_p
+        u = rand(n, 4)
+        ranges = [(max(0.0, 1 - s), 1 + s) for s in (spec.brightness, spec.contrast, spec.saturation)]
+        factors = torch.stack([lo + (hi - lo) * u[:, k] for k, (lo, hi) in enumerate(ranges)], 1)
+        hue = (2 * u[:, HUE] - 1) * spec.hue
+        p["jitter"] = torch.cat([factors, hue[:, None]], dim=1)
+        p["order"] = rand(n, 4).argsort(dim=1)          # a uniform random permutation of 0..3
     else:
-        fw, fh = width, height
-    ok = valid.any(dim=1)
-    top = torch.where(ok, top, torch.full_like(top, (height - fh) // 2))
-    left = torch.where(ok, left, torch.full_like(left, (width - fw) // 2))
-    h = torch.where(ok, h, torch.full_like(h, fh))
-    w = torch.where(ok, w, torch.full_like(w, fw))
-    return top.long(), left.long(), h.long(), w.long()
-
-
-def _cubic(t: torch.Tensor) -> torch.Tensor:
-    """Keys' cubic convolution kernel with a = -0.75 at distance |t|."""
-    a, t = BICUBIC_A, t.abs()
-    near = ((a + 2) * t - (a + 3)) * t * t + 1
-    far = ((a * t - 5 * a) * t + 8 * a) * t - 4 * a
-    return torch.where(t <= 1, near, torch.where(t < 2, far, torch.zeros_like(t)))
-
-
-def _resample_matrix(start: torch.Tensor, length: torch.Tensor, size: int, full: int,
-                     interpolation: str) -> torch.Tensor:
-    """[B, size, full] matrix M with M @ signal = the crop [start, start+length) of the
-    signal resized to `size` samples (PyTorch's align_corners=False convention; taps
-    clamped to the crop's border, so nothing outside the crop is read)."""
-    b, device = start.shape[0], start.device
-    length = length.to(torch.float32)[:, None]                                   # [B, 1]
-    dst = torch.arange(size, device=device, dtype=torch.float32)[None]           # [1, S]
-    src = (dst + 0.5) * (length / size) - 0.5                                    # [B, S]
-    if interpolation == "bilinear":
-        src = src.clamp_min(0)
-        base = src.floor()
-        offsets = torch.arange(0, 2, device=device, dtype=torch.float32)
-        frac = (src - base)[..., None]
-        weights = torch.where(offsets == 0, 1 - frac, frac)                       # [B, S, 2]
-    elif interpolation == "bicubic":
-        base = src.floor()
-        offsets = torch.arange(-1, 3, device=device, dtype=torch.float32)
-        weights = _cubic((src - base)[..., None] - offsets)                       # [B, S, 4]
+        p["jitter_on"] = torch.zeros(n, dtype=torch.bool, device=device)
+        p["jitter"] = torch.tensor([1.0, 1.0, 1.0, 0.0], device=device).expand(n, 4).clone()
+        p["order"] = torch.arange(4, device=device).expand(n, 4).clone()
+    p["gray"] = (rand(n) < spec.grayscale_p if spec.grayscale_p > 0
+                 else torch.zeros(n, dtype=torch.bool, device=device))
+    if spec.blur_p > 0:
+        lo, hi = spec.blur_sigma
+        sigma = lo + (hi - lo) * rand(n)
+        p["blur_sigma"] = torch.where(rand(n) < spec.blur_p, sigma, torch.zeros_like(sigma))
     else:
-        raise ValueError(f"interpolation {interpolation!r}: use bilinear or bicubic")
-    taps = (base[..., None] + offsets).clamp(min=0)
-    taps = torch.minimum(taps, length[..., None] - 1) + start[:, None, None]
-    m = torch.zeros(b, size, full, device=device, dtype=torch.float32)
-    return m.scatter_add_(2, taps.long(), weights)
+        p["blur_sigma"] = torch.zeros(n, device=device)
+    p["solarize"] = (rand(n) < spec.solarize_p if spec.solarize_p > 0
+                     else torch.zeros(n, dtype=torch.bool, device=device))
+    return p
 
 
-def resized_crop(images: torch.Tensor, top: torch.Tensor, left: torch.Tensor, h: torch.Tensor,
-                 w: torch.Tensor, size: int, interpolation: str = "bilinear",
-                 flip: torch.Tensor = None) -> torch.Tensor:
-    """images [B, C, H, W] float, per-sample boxes [B] -> [B, C, size, size], then
-    flipped horizontally where the optional bool mask `flip` [B] is set.
+# ---------------------------------------------------------------------- 2. applying
 
-    Equals `F.interpolate(img[..., t:t+h, l:l+w], size, mode, align_corners=False)` per
-    image, computed as two small matrix products: rows then columns.
-    """
-    _, _, height, width = images.shape
-    rows = _resample_matrix(top, h, size, height, interpolation)                # [B, S, H]
-    cols = _resample_matrix(left, w, size, width, interpolation)                # [B, S, W]
-    if flip is not None:       # a horizontal flip of the output = reversed output columns
-        cols = torch.where(_per_sample(flip).squeeze(1), cols.flip(1), cols)
-    # rows then columns as two plain batched matmuls (3x faster than broadcasting
-    # the [B, S, H] matrix over the channels)
-    b, ch = images.shape[:2]
-    x = torch.bmm(rows, images.transpose(1, 2).reshape(b, height, ch * width))   # [B, S, C*W]
-    x = x.view(b, size, ch, width).transpose(1, 2).reshape(b, ch * size, width)  # [B, C*S, W]
-    out = torch.bmm(x, cols.transpose(1, 2)).view(b, ch, size, size)            # [B, C, S, S]
-    return out.clamp_(0, 1) if interpolation == "bicubic" else out
+def geometry(images: torch.Tensor, spec: ViewSpec, params: Params) -> torch.Tensor:
+    """uint8 [B, 3, H, W] -> float [B, 3, size, size] in [0, 1]: crop, resize, flip."""
+    x = images.float().div_(255)
+    return resized_crop(x, *params["box"].unbind(1), spec.size, spec.interpolation,
+                        flip=params["flip"])
 
 
-# ---------------------------------------------------------------------- colour
+def colour(x: torch.Tensor, spec: ViewSpec, params: Params) -> torch.Tensor:
+    """Float [B, 3, S, S] in [0, 1] -> the same after jitter, grayscale, blur, solarize.
+    Differentiable in params["jitter"]."""
+    if spec.jitter_p > 0:
+        x = color_jitter(x, params["jitter"], params["order"], params["jitter_on"], spec.hue > 0)
+    if spec.grayscale_p > 0:
+        x = torch.where(_per_sample(params["gray"]), rgb_to_grayscale(x).expand_as(x), x)
+    if spec.blur_p > 0:
+        x = gaussian_blur(x, spec.blur_kernel_size, params["blur_sigma"])
+    if spec.solarize_p > 0:
+        x = solarize(x, spec.solarize_threshold, params["solarize"])
+    return x
 
-def rgb_to_grayscale(images: torch.Tensor) -> torch.Tensor:
-    """[B, 3, H, W] -> [B, 1, H, W] luma."""
-    r, g, b = images.unbind(1)
-    return (GRAY_WEIGHTS[0] * r + GRAY_WEIGHTS[1] * g + GRAY_WEIGHTS[2] * b).unsqueeze(1)
+
+def color_jitter(x: torch.Tensor, jitter: torch.Tensor, order: torch.Tensor,
+                 apply: torch.Tensor, with_hue: bool = True) -> torch.Tensor:
+    """ColorJitter on the samples where `apply` [B], each in its own order [B, 4].
+
+    jitter [B, 4]: brightness, contrast, saturation factors and the hue shift (turns).
+    Brightness, contrast and saturation are blends f*x + (1-f)*target (target 0,
+    the image's mean gray, the pixel's gray); hue goes through HSV. Every sample's
+    order is split around its hue: up to three blend stages before it, one HSV
+    pass over the batch, up to three blend stages after. Samples whose op at a
+    stage lies on the other side of the hue get factor 1 there (identity)."""
+    f = torch.where(apply[:, None], jitter[:, :3], torch.ones_like(jitter[:, :3]))   # [B, 3]
+    hue_pos = (order == HUE).long().argmax(dim=1)     # where the hue sits in each order
+    for k in range(3):                                # blends before the hue
+        x = _blend_stage(x, order[:, k], f, active=k < hue_pos)
+    if with_hue:
+        x = torch.where(_per_sample(apply), adjust_hue(x, jitter[:, HUE]), x)
+    for k in range(1, 4):                             # blends after the hue
+        x = _blend_stage(x, order[:, k], f, active=k > hue_pos)
+    return x
 
 
-def _per_sample(x: torch.Tensor) -> torch.Tensor:
-    return x.view(-1, 1, 1, 1)
-
-
-def _blend(images, target, factor):
-    """factor * image + (1 - factor) * target, clamped to [0, 1] (torchvision's _blend)."""
+def _blend_stage(x, op, factors, active):
+    """One stage: each active sample blends with the target of its op:
+    brightness (0) -> 0, contrast (1) -> its mean gray, saturation (2) -> gray."""
+    factor = torch.ones_like(factors[:, 0])
+    for k in range(3):
+        factor = torch.where((op == k) & active, factors[:, k], factor)
+    use_mean = _per_sample(((op == CONTRAST) & active).to(x.dtype))
+    use_gray = _per_sample(((op == SATURATION) & active).to(x.dtype))
+    gray = rgb_to_grayscale(x)
+    target = gray * use_gray + gray.mean(dim=(1, 2, 3), keepdim=True) * use_mean
     f = _per_sample(factor)
-    return (f * images + (1 - f) * target).clamp_(0, 1)
+    return x.mul(f).add_(target * (1 - f)).clamp_(0, 1)
 
-
-def adjust_brightness(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    return _blend(images, torch.zeros_like(images[:, :1]), factor)
-
-
-def adjust_contrast(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    mean = rgb_to_grayscale(images).mean(dim=(1, 2, 3), keepdim=True)
-    return _blend(images, mean, factor)
-
-
-def adjust_saturation(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    return _blend(images, rgb_to_grayscale(images), factor)
-
-
-def adjust_hue(images: torch.Tensor, hue_factor: torch.Tensor) -> torch.Tensor:
-    """Rotate the hue by hue_factor [B] (in turns, |h| <= 0.5) through HSV, exactly as
-    torchvision's tensor op (max channel decides the hue's sector, ties r > g > b)."""
-    r, g, b = images.unbind(1)
-    v = torch.maximum(torch.maximum(r, g), b)
-    c = v - torch.minimum(torch.minimum(r, g), b)               # chroma = v * saturation
-    safe_c = torch.where(c == 0, torch.ones_like(c), c)
-    # hue in sixths of a turn, by which channel is the maximum (0 for grays: r-g-b diffs are 0)
-    h6 = torch.where(v == r, (g - b) / safe_c,
-                     torch.where(v == g, (b - r) / safe_c + 2, (r - g) / safe_c + 4))
-    h6 = torch.remainder(h6 + 6 * _per_sample(hue_factor).squeeze(1), 6)       # [B, H, W]
-    # HSV -> RGB without sector tables: channel n (R=5, G=3, B=1) is
-    # v - c * clamp(min(k, 4 - k), 0, 1) with k = (n + h6) mod 6; this equals
-    # torchvision's (v, q, p, t) selection sector by sector
-    out = []
-    for n in (5.0, 3.0, 1.0):
-        k = torch.remainder(h6 + n, 6)
-        out.append(v - c * torch.minimum(k, 4 - k).clamp_(0, 1))
-    return torch.stack(out, dim=1)
-
-
-def hflip(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return torch.where(_per_sample(mask), images.flip(-1), images)
-
-
-def gaussian_blur(images: torch.Tensor, kernel_size: int, sigma: torch.Tensor) -> torch.Tensor:
-    """Separable Gaussian blur, sigma [B] per sample, reflect padding (torchvision's).
-    A sigma of 0 leaves the sample exactly unchanged."""
-    b, c, hgt, wid = images.shape
-    half = kernel_size // 2
-    x = torch.linspace(-half, half, kernel_size, device=images.device)
-    sig = sigma.to(images.dtype)[:, None]
-    pdf = torch.exp(-0.5 * (x / sig.clamp_min(1e-12)) ** 2)
-    kernel = pdf / pdf.sum(dim=1, keepdim=True)                                  # [B, k]
-    delta = (x == 0).to(images.dtype).expand_as(kernel)
-    kernel = torch.where(sig > 0, kernel, delta)
-    kernel = kernel.repeat_interleave(c, dim=0)                                  # [B*C, k]
-    x = F.pad(images.reshape(1, b * c, hgt, wid), (half, half, half, half), mode="reflect")
-    x = F.conv2d(x, kernel[:, None, :, None], groups=b * c)                     # vertical
-    x = F.conv2d(x, kernel[:, None, None, :], groups=b * c)                     # horizontal
-    return x.view(b, c, hgt, wid)
-
-
-def solarize(images: torch.Tensor, threshold: float, mask: torch.Tensor) -> torch.Tensor:
-    return torch.where(_per_sample(mask) & (images >= threshold), 1 - images, images)
-
-
-# ---------------------------------------------------------------------- the pipeline
 
 class BatchNormalize:
     """The un-augmented path (evaluation, kNN, probes): uint8 -> normalised float,
@@ -232,76 +197,61 @@ class BatchNormalize:
         return self.normalize(x)
 
 
-class BatchAugment(BatchNormalize):
-    """Batched SimCLR/MoCo-v2 augmentation of uint8 images on their own device."""
+def apply_params(images: torch.Tensor, spec: ViewSpec, params: Params,
+                 normalize: BatchNormalize) -> torch.Tensor:
+    """uint8 [B, 3, H, W] and the parameters of B views -> float32 [B, 3, size, size],
+    normalised."""
+    return normalize.normalize(colour(geometry(images, spec, params), spec, params))
 
-    def __init__(self, size: int, mean: Sequence[float], std: Sequence[float], *,
-                 crop_scale=(0.08, 1.0), crop_ratio=(3 / 4, 4 / 3), interpolation="bilinear",
-                 flip_p=0.5, jitter_p=0.8, brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1,
-                 grayscale_p=0.2, blur_p=0.0, blur_kernel_size=3, blur_sigma=(0.1, 2.0),
-                 solarize_p=0.0, solarize_threshold=0.5):
+
+class ViewMaker:
+    """All the views of a batch: the view groups in order, `count` views each.
+
+    `make(images, generator)` samples every view's parameters (group by group, view by
+    view, in that order: the random stream is fixed by the specs) and applies them.
+    Returns (views, params): lists with one entry per view."""
+
+    def __init__(self, specs: Sequence[ViewSpec], mean: Sequence[float], std: Sequence[float]):
+        self.specs = list(specs)
+        self.normalize = BatchNormalize(self.specs[0].size, mean, std)
+        self.spec_of_view = [s for s in self.specs for _ in range(s.count)]
+
+    @property
+    def num_views(self) -> int:
+        return len(self.spec_of_view)
+
+    def sample(self, n: int, height: int, width: int, generator, device) -> List[Params]:
+        return [sample_params(s, n, height, width, generator, device) for s in self.spec_of_view]
+
+    def make(self, images: torch.Tensor, generator: torch.Generator):
+        """images uint8 [B, 3, H, W] -> (views [B, 3, S_v, S_v] float32 normalised, params)."""
+        b, _, height, width = images.shape
+        views, params = [], []
+        for spec in self.spec_of_view:
+            p = sample_params(spec, b, height, width, generator, images.device)
+            views.append(apply_params(images, spec, p, self.normalize))
+            params.append(p)
+        return views, params
+
+    def replay(self, images: torch.Tensor, view: int, params: Params) -> torch.Tensor:
+        """View `view` re-made from (possibly changed) parameters: differentiable in
+        params["jitter"] when it requires grad."""
+        return apply_params(images, self.spec_of_view[view], params, self.normalize)
+
+
+class BatchAugment(BatchNormalize):
+    """One view of a batch with one spec: `augment(images, generator)`. Kept for the
+    benchmarks and tests that augment without a ViewMaker."""
+
+    def __init__(self, size: int, mean: Sequence[float], std: Sequence[float], **fields):
         super().__init__(size, mean, std)
-        self.crop_scale, self.crop_ratio, self.interpolation = crop_scale, crop_ratio, interpolation
-        self.flip_p, self.jitter_p, self.grayscale_p = flip_p, jitter_p, grayscale_p
-        self.jitter = (brightness, contrast, saturation)
-        self.hue = hue
-        self.blur_p, self.blur_kernel_size, self.blur_sigma = blur_p, blur_kernel_size, blur_sigma
-        self.solarize_p, self.solarize_threshold = solarize_p, solarize_threshold
+        for key in ("crop_scale", "crop_ratio", "blur_sigma"):
+            if key in fields:
+                fields[key] = tuple(fields[key])
+        self.spec = ViewSpec(size=size, **fields)
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """images uint8 [B, 3, H, W] -> float32 [B, 3, size, size], normalised."""
         b, _, height, width = images.shape
-        dev = images.device
-        rand = lambda *shape: torch.rand(*shape, generator=generator, device=dev)  # noqa: E731
-        x = images.float().div_(255)
-        box = sample_crop_boxes(b, height, width, self.crop_scale, self.crop_ratio, generator, dev)
-        x = resized_crop(x, *box, self.size, self.interpolation, flip=rand(b) < self.flip_p)
-        if self.jitter_p > 0:
-            x = self._color_jitter(x, rand(b) < self.jitter_p, rand(b, 4), rand(b, 4), generator)
-        if self.grayscale_p > 0:
-            x = torch.where(_per_sample(rand(b) < self.grayscale_p),
-                            rgb_to_grayscale(x).expand_as(x), x)
-        if self.blur_p > 0:
-            lo, hi = self.blur_sigma
-            sigma = lo + (hi - lo) * rand(b)
-            x = gaussian_blur(x, self.blur_kernel_size,
-                              torch.where(rand(b) < self.blur_p, sigma, torch.zeros_like(sigma)))
-        if self.solarize_p > 0:
-            x = solarize(x, self.solarize_threshold, rand(b) < self.solarize_p)
-        return self.normalize(x)
-
-    def _color_jitter(self, x, apply, factors_u, order_u, generator):
-        """ColorJitter on the samples where `apply`, each with its own random order.
-
-        Brightness, contrast and saturation are blends f*x + (1-f)*target (target 0,
-        the image's mean gray, the pixel's gray); hue goes through HSV. Every sample's
-        order is split around its hue: up to three blend stages before it, one HSV
-        pass over the batch, up to three blend stages after. Samples whose op at a
-        stage lies on the other side of the hue get factor 1 there (identity)."""
-        ranges = [(max(0.0, 1 - s), 1 + s) for s in self.jitter]
-        f = torch.stack([lo + (hi - lo) * factors_u[:, k] for k, (lo, hi) in enumerate(ranges)], 1)
-        f = torch.where(apply[:, None], f, torch.ones_like(f))                     # [B, 3]
-        hue = (2 * factors_u[:, 3] - 1) * self.hue
-        order = order_u.argsort(dim=1)                 # a uniform random permutation of 0..3
-        hue_pos = (order == 3).long().argmax(dim=1)    # 0 brightness, 1 contrast, 2 saturation, 3 hue
-        for k in range(3):                             # blends before the hue
-            x = self._blend_stage(x, order[:, k], f, active=k < hue_pos)
-        if self.hue > 0:
-            x = torch.where(_per_sample(apply), adjust_hue(x, hue), x)
-        for k in range(1, 4):                          # blends after the hue
-            x = self._blend_stage(x, order[:, k], f, active=k > hue_pos)
-        return x
-
-    @staticmethod
-    def _blend_stage(x, op, factors, active):
-        """One stage: each active sample blends with the target of its op:
-        brightness (0) -> 0, contrast (1) -> its mean gray, saturation (2) -> gray."""
-        factor = torch.ones_like(factors[:, 0])
-        for k in range(3):
-            factor = torch.where((op == k) & active, factors[:, k], factor)
-        use_mean = _per_sample(((op == 1) & active).to(x.dtype))
-        use_gray = _per_sample(((op == 2) & active).to(x.dtype))
-        gray = rgb_to_grayscale(x)
-        target = gray * use_gray + gray.mean(dim=(1, 2, 3), keepdim=True) * use_mean
-        f = _per_sample(factor)
-        return x.mul(f).add_(target * (1 - f)).clamp_(0, 1)
+        p = sample_params(self.spec, b, height, width, generator, images.device)
+        return apply_params(images, self.spec, p, self)

@@ -9,17 +9,19 @@ slices of B/world, so 2 ranks x b see the same images as 1 process x 2b.
 
 Two pipelines:
 - `device` (default): images already on the device; views made for the whole
-  batch at once by `BatchAugment`. No worker processes.
+  batch at once by the source's `ViewMaker`, with their parameters. No worker processes.
 - `torchvision`: the per-image PIL reference pipeline in DataLoader workers,
   kept for comparisons (`bench/throughput.py`) and for checking that our
   batched augmentation trains as well.
 """
-from typing import Iterator, List, Tuple
+from typing import Iterator, List
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-Batch = Tuple[List[torch.Tensor], torch.Tensor, torch.Tensor]   # views, index [b], labels [b]
+from .augment import ViewSpec
+from .batch import Batch
+from .views import view_specs
 
 _MIX = 1_000_003   # odd multiplier to combine seed parts into one 63-bit seed
 
@@ -53,8 +55,8 @@ def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
 class DeviceBatches:
     """Views made on the device by the source itself (BatchAugment / Spirograph)."""
 
-    def __init__(self, source, batch_size: int, num_views: int, seed: int, rank: int, world: int):
-        self.source, self.batch_size, self.num_views = source, batch_size, num_views
+    def __init__(self, source, batch_size: int, seed: int, rank: int, world: int):
+        self.source, self.batch_size = source, batch_size
         self.seed, self.rank, self.world = seed, rank, world
         self.local = batch_size // world
         self.steps_per_epoch = len(source) // batch_size
@@ -69,35 +71,35 @@ class DeviceBatches:
             g.manual_seed(mix_seed(self.seed, epoch, step, self.rank))
             # host indices too: a source holding its images in host memory gathers
             # with them, never reading indices back from the GPU
-            views = self.source.views(index, self.num_views, g, host_index=host_order[step, sl])
-            yield views, index, self.source.labels[index]
+            views, params, replay = self.source.views(index, g, host_index=host_order[step, sl])
+            yield Batch(views, index, self.source.labels[index], params, replay)
 
 
-def torchvision_transform(size: int, mean, std, aug) -> "torchvision.transforms.Compose":
-    """The per-image reference augmentation, built from the same `augment` config."""
+def torchvision_transform(spec: ViewSpec, mean, std) -> "torchvision.transforms.Compose":
+    """The per-image reference augmentation of one view group."""
     from torchvision import transforms as T
-    steps = [T.RandomResizedCrop(size, scale=tuple(aug.crop_scale), ratio=tuple(aug.crop_ratio),
-                                 interpolation=T.InterpolationMode(aug.interpolation)),
-             T.RandomHorizontalFlip(aug.flip_p),
-             T.RandomApply([T.ColorJitter(aug.brightness, aug.contrast, aug.saturation, aug.hue)],
-                           p=aug.jitter_p),
-             T.RandomGrayscale(aug.grayscale_p)]
-    if aug.blur_p > 0:
-        steps.append(T.RandomApply([T.GaussianBlur(aug.blur_kernel_size, tuple(aug.blur_sigma))],
-                                   p=aug.blur_p))
-    if aug.solarize_p > 0:
-        steps.append(T.RandomSolarize(int(aug.solarize_threshold * 255), p=aug.solarize_p))
+    steps = [T.RandomResizedCrop(spec.size, scale=spec.crop_scale, ratio=spec.crop_ratio,
+                                 interpolation=T.InterpolationMode(spec.interpolation)),
+             T.RandomHorizontalFlip(spec.flip_p),
+             T.RandomApply([T.ColorJitter(spec.brightness, spec.contrast, spec.saturation, spec.hue)],
+                           p=spec.jitter_p),
+             T.RandomGrayscale(spec.grayscale_p)]
+    if spec.blur_p > 0:
+        steps.append(T.RandomApply([T.GaussianBlur(spec.blur_kernel_size, spec.blur_sigma)],
+                                   p=spec.blur_p))
+    if spec.solarize_p > 0:
+        steps.append(T.RandomSolarize(int(spec.solarize_threshold * 255), p=spec.solarize_p))
     steps += [T.ToTensor(), T.Normalize(mean, std)]
     return T.Compose(steps)
 
 
 class _PILViews(Dataset):
-    """Item (index, seed) -> (views [V, 3, S, S], index, label); the seed makes
+    """Item (index, seed) -> (views: a list of [3, S_v, S_v], index, label); the seed makes
     each image's augmentation independent of worker count and resumable."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform, num_views: int):
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transforms: List):
         self.images, self.labels = images.cpu(), labels.cpu()
-        self.transform, self.num_views = transform, num_views
+        self.transforms = transforms          # one per view
 
     def __len__(self) -> int:
         return len(self.images)
@@ -108,20 +110,21 @@ class _PILViews(Dataset):
         img = Image.fromarray(self.images[i].permute(1, 2, 0).numpy())
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            views = torch.stack([self.transform(img) for _ in range(self.num_views)])
+            views = [transform(img) for transform in self.transforms]
         return views, i, self.labels[i]
 
 
 class TorchvisionBatches:
     """Per-image torchvision augmentation in DataLoader workers, same order as DeviceBatches."""
 
-    def __init__(self, source, transform, batch_size: int, num_views: int, seed: int,
+    def __init__(self, source, specs: List[ViewSpec], mean, std, batch_size: int, seed: int,
                  rank: int, world: int, num_workers: int, device: torch.device):
         self.source, self.batch_size, self.seed = source, batch_size, seed
         self.rank, self.world, self.local = rank, world, batch_size // world
         self.steps_per_epoch = len(source) // batch_size
         self.device, self.num_workers = device, num_workers
-        self.dataset = _PILViews(source.images, source.labels, transform, num_views)
+        transforms = [torchvision_transform(s, mean, std) for s in specs for _ in range(s.count)]
+        self.dataset = _PILViews(source.images, source.labels, transforms)
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
         order = epoch_order(len(self.source), self.batch_size, self.seed, epoch)
@@ -132,13 +135,14 @@ class TorchvisionBatches:
                             pin_memory=self.device.type == "cuda",
                             persistent_workers=False)
         for views, index, labels in loader:
-            views = views.to(self.device, non_blocking=True)
-            yield list(views.unbind(1)), index.to(self.device), labels.to(self.device)
+            # torchvision's transforms do not hand back their parameters
+            yield Batch([v.to(self.device, non_blocking=True) for v in views],
+                        index.to(self.device), labels.to(self.device))
 
 
 def build_batches(cfg, source, rank: int, world: int, device: torch.device):
-    if cfg.dataset.pipeline == "torchvision" and cfg.dataset.name != "spirograph":
-        tf = torchvision_transform(cfg.dataset.size, cfg.dataset.mean, cfg.dataset.std, cfg.augment)
-        return TorchvisionBatches(source, tf, cfg.batch_size, cfg.method.num_views, cfg.seed,
-                                  rank, world, cfg.dataset.num_workers, device)
-    return DeviceBatches(source, cfg.batch_size, cfg.method.num_views, cfg.seed, rank, world)
+    d = cfg.dataset
+    if d.pipeline == "torchvision" and d.name != "spirograph":
+        return TorchvisionBatches(source, view_specs(cfg.augment, d), d.mean, d.std,
+                                  cfg.batch_size, cfg.seed, rank, world, d.num_workers, device)
+    return DeviceBatches(source, cfg.batch_size, cfg.seed, rank, world)

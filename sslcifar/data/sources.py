@@ -1,8 +1,9 @@
 """Data sources: a split held in memory and the means to turn indices into views.
 
 A source answers two questions for a batch of dataset indices [B]:
-- `views(index, num_views, generator)`: augmented views, each [B, 3, S, S]
-  float32 normalised, on the compute device;
+- `views(index, generator)`: the augmented views of its view groups, each [B, 3, S_v, S_v]
+  float32 normalised, on the compute device, with the parameters that made them and a
+  function that re-makes a view from parameters (see `sslcifar.data.batch.Batch`);
 - `plain(index)`: the un-augmented normalised images (for kNN / probes).
 and carries `targets` for evaluation: class labels [N] (classification) or
 the generative parameters [N, 4] (Spirograph, regression).
@@ -18,9 +19,10 @@ from typing import List, Optional
 import torch
 
 from ..errors import UserError
-from . import spirograph
-from .augment import BatchAugment, BatchNormalize
+from .augment import BatchNormalize, ViewMaker
 from .datasets import ImageSet, load_images
+from .spirograph import SpirographSource
+from .views import view_specs
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +43,7 @@ def _on_host(images: torch.Tensor, device: torch.device, placement: str) -> bool
 class ImageSource:
     task = "classification"
 
-    def __init__(self, data: ImageSet, device: torch.device, augment: Optional[BatchAugment],
+    def __init__(self, data: ImageSet, device: torch.device, views: Optional[ViewMaker],
                  normalize: BatchNormalize, placement: str = "auto"):
         self.device = device
         self.on_host = _on_host(data.images, device, placement)
@@ -55,7 +57,7 @@ class ImageSource:
         self.labels = data.labels.to(device)
         self.targets = self.labels
         self.classes = data.classes
-        self.augment = augment
+        self.view_maker = views           # None: an evaluation split (plain images only)
         self.normalize = normalize
 
     def __len__(self) -> int:
@@ -78,57 +80,15 @@ class ImageSource:
         # from pinned memory: returns at once, the copy overlaps with the GPU's work
         return batch.to(self.device, non_blocking=True)
 
-    def views(self, index: torch.Tensor, num_views: int, generator: torch.Generator,
-              host_index: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
+    def views(self, index: torch.Tensor, generator: torch.Generator,
+              host_index: Optional[torch.Tensor] = None):
+        """(views, params, replay) of the images `index` (see Batch)."""
         x = self._gather(index, host_index)
-        return [self.augment(x, generator) for _ in range(num_views)]
+        views, params = self.view_maker.make(x, generator)
+        return views, params, lambda v, p: self.view_maker.replay(x, v, p)
 
     def plain(self, index: torch.Tensor) -> torch.Tensor:
         return self.normalize(self._gather(index))
-
-
-class SpirographSource:
-    """Spirograph: fixed generative parameters per sample, nuisance re-drawn per view."""
-    task = "regression"
-    classes: List[str] = []
-
-    def __init__(self, num_samples: int, seed: int, device: torch.device, mean, std):
-        g = torch.Generator().manual_seed(seed)
-        self.device = device
-        self.params = spirograph.sample_data_params(num_samples, g).to(device)          # [N, 4]
-        # one fixed nuisance draw per sample for the un-augmented (evaluation) image
-        self.fixed_nuisance = spirograph.sample_nuisance_params(num_samples, g).to(device)
-        self.labels = torch.full((num_samples,), -1, dtype=torch.int64, device=device)
-        self.targets = self.params
-        self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1)
-        self.std = torch.tensor(std, device=device).view(1, 3, 1, 1)
-
-    def __len__(self) -> int:
-        return self.params.shape[0]
-
-    def first(self, n: int) -> "SpirographSource":
-        """The first n samples (dataset.subset): the same images as in the full set."""
-        import copy
-        src = copy.copy(self)
-        src.params, src.fixed_nuisance = self.params[:n], self.fixed_nuisance[:n]
-        src.labels = self.labels[:n]
-        src.targets = src.params
-        return src
-
-    has_labels = False
-
-    def views(self, index: torch.Tensor, num_views: int, generator: torch.Generator,
-              host_index: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
-        p = self.params[index]
-        out = []
-        for _ in range(num_views):
-            nuisance = spirograph.sample_nuisance_params(len(index), generator, self.device)
-            out.append((spirograph.render(p, nuisance) - self.mean) / self.std)
-        return out
-
-    def plain(self, index: torch.Tensor) -> torch.Tensor:
-        img = spirograph.render(self.params[index], self.fixed_nuisance[index])
-        return (img - self.mean) / self.std
 
 
 def _check_subset(d, available: int) -> None:
@@ -137,14 +97,16 @@ def _check_subset(d, available: int) -> None:
                         f"split ({available} images). Fix: dataset.subset<={available} or null")
 
 
-def build_source(cfg, split: str, device: torch.device):
-    """The 'train' or 'test' split of cfg.dataset as a source on `device`."""
-    d, a = cfg.dataset, cfg.augment
+def build_source(cfg, split: str, device: torch.device, augment: bool = False):
+    """The 'train' or 'test' split of cfg.dataset as a source on `device`; with `augment`
+    (the training loop's split) it makes the views of cfg.augment's view groups."""
+    d = cfg.dataset
     if d.name == "spirograph":
         n = d.num_train if split == "train" else d.num_test
         # train and test draw from separate seeds: disjoint samples
+        num_views = sum(g.count for g in cfg.augment.groups) if augment else 0
         src = SpirographSource(n, seed=(0 if split == "train" else 1), device=device,
-                               mean=d.mean, std=d.std)
+                               mean=d.mean, std=d.std, num_views=num_views)
         if split == "train" and d.subset is not None:
             _check_subset(d, n)
             src = src.first(d.subset)
@@ -157,11 +119,5 @@ def build_source(cfg, split: str, device: torch.device):
         log.info("%s images are %dpx, resized to dataset.size=%d on the fly",
                  d.name, data.images.shape[-1], d.size)
     normalize = BatchNormalize(d.size, d.mean, d.std)
-    augment = BatchAugment(
-        d.size, d.mean, d.std, crop_scale=tuple(a.crop_scale), crop_ratio=tuple(a.crop_ratio),
-        interpolation=a.interpolation, flip_p=a.flip_p, jitter_p=a.jitter_p,
-        brightness=a.brightness, contrast=a.contrast, saturation=a.saturation, hue=a.hue,
-        grayscale_p=a.grayscale_p, blur_p=a.blur_p, blur_kernel_size=a.blur_kernel_size,
-        blur_sigma=tuple(a.blur_sigma), solarize_p=a.solarize_p,
-        solarize_threshold=a.solarize_threshold) if split == "train" else None
-    return ImageSource(data, device, augment, normalize, d.placement)
+    views = ViewMaker(view_specs(cfg.augment, d), d.mean, d.std) if augment else None
+    return ImageSource(data, device, views, normalize, d.placement)

@@ -11,7 +11,7 @@ red, green and blue ~ U(0, 0.6). Re-drawing the nuisance is the augmentation.
 gradients through the data generation (as the invariance-by-gradient method does).
 """
 import math
-from typing import Optional
+from typing import List, Optional
 
 import torch
 
@@ -73,3 +73,55 @@ def sample_data_params(n: int, generator=None, device="cpu") -> torch.Tensor:
 def sample_nuisance_params(n: int, generator=None, device="cpu") -> torch.Tensor:
     """[n, 6] nuisance parameters (one fresh draw per view)."""
     return _uniform(n, NUISANCE_LOW, NUISANCE_HIGH, generator, device)
+
+
+class SpirographSource:
+    """Spirograph as a data source: fixed generative parameters per sample, the nuisance
+    re-drawn per view (that *is* the augmentation). Views carry their nuisance
+    parameters (`params[v]["nuisance"]` [B, 6]), and `replay` re-renders a view from
+    changed ones, differentiably (the renderer is)."""
+    task = "regression"
+    classes: List[str] = []
+    has_labels = False
+    on_host = False
+
+    def __init__(self, num_samples: int, seed: int, device, mean, std, num_views: int = 2):
+        g = torch.Generator().manual_seed(seed)
+        self.device = device
+        self.num_views = num_views
+        self.params = sample_data_params(num_samples, g).to(device)                   # [N, 4]
+        # one fixed nuisance draw per sample for the un-augmented (evaluation) image
+        self.fixed_nuisance = sample_nuisance_params(num_samples, g).to(device)
+        self.labels = torch.full((num_samples,), -1, dtype=torch.int64, device=device)
+        self.targets = self.params
+        self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, device=device).view(1, 3, 1, 1)
+
+    def __len__(self) -> int:
+        return self.params.shape[0]
+
+    def first(self, n: int) -> "SpirographSource":
+        """The first n samples (dataset.subset): the same images as in the full set."""
+        import copy
+        src = copy.copy(self)
+        src.params, src.fixed_nuisance = self.params[:n], self.fixed_nuisance[:n]
+        src.labels = self.labels[:n]
+        src.targets = src.params
+        return src
+
+    def _render(self, data_params: torch.Tensor, nuisance: torch.Tensor) -> torch.Tensor:
+        return (render(data_params, nuisance) - self.mean) / self.std
+
+    def views(self, index: torch.Tensor, generator: torch.Generator,
+              host_index: Optional[torch.Tensor] = None):
+        """(views, params, replay): `num_views` renderings, each with fresh nuisance."""
+        p = self.params[index]
+        views, params = [], []
+        for _ in range(self.num_views):
+            nuisance = sample_nuisance_params(len(index), generator, self.device)
+            views.append(self._render(p, nuisance))
+            params.append({"nuisance": nuisance})
+        return views, params, lambda v, q: self._render(p, q["nuisance"])
+
+    def plain(self, index: torch.Tensor) -> torch.Tensor:
+        return self._render(self.params[index], self.fixed_nuisance[index])

@@ -1,47 +1,52 @@
-"""Methods: each one small nn.Module with
+"""Methods: each one small `Method` (an nn.Module) in one file of this package.
 
-    forward(views: list of [B, 3, S, S], index: [B], labels: [B]) -> dict
+    forward(batch) -> {"loss": scalar, "features": [B, F] detached backbone features
+                       of the first view (for the online probe), any other scalar: a metric}
 
-returning at least `loss` (a scalar to minimise) and `features` (detached
-backbone features of the first view, [B, F], for the online probe); any
-other entry is a scalar tensor logged as a metric. Each exposes `.backbone`,
-the encoder that evaluation keeps.
+`batch` is a `sslcifar.data.batch.Batch`: its views (any number, any sizes), dataset
+indices, labels and each view's augmentation parameters. Each method exposes
+`.backbone`, the encoder that evaluation keeps.
+
+Every module of this package is imported here, so the `@register` decorator of each
+method fills `METHODS`: adding a method is adding its file (README, "Adding a method").
 """
+import importlib
+import pkgutil
+from typing import Type
+
 from torch import nn
 
-from ..losses import SogCLRLoss
-from ..models import build_backbone, projection_mlp, split_batchnorm
-from .moco import MoCo
-from .simclr import SimCLR
-from .sogclr import SogCLR
-from .supcon import SupCon
-from .supervised import Supervised
+from .base import METHODS, Method, register
 
-METHODS = ("simclr", "moco", "sogclr", "supcon", "supervised")
-# the loss each method is written for (the method's YAML selects it)
-LOSS_OF = {"simclr": "nt_xent", "moco": "moco_infonce", "sogclr": "sogclr",
-           "supcon": "supcon", "supervised": "cross_entropy"}
-NEEDS_LABELS = ("supcon", "supervised")
+for _module in pkgutil.iter_modules(__path__):
+    if _module.name != "base":
+        importlib.import_module(f"{__name__}.{_module.name}")
+
+from .moco import MoCo  # noqa: E402  (the names tests and benchmarks import)
+
+
+def method_class(name: str) -> Type[Method]:
+    if name not in METHODS:
+        raise ValueError(f"method.name={name!r} is not one of {', '.join(sorted(METHODS))}")
+    return METHODS[name]
 
 
 def build_method(cfg, num_train: int, num_classes: int) -> nn.Module:
     """The method module described by cfg.method / cfg.backbone / cfg.loss."""
-    m, loss = cfg.method, cfg.loss
-    backbone = build_backbone(cfg.backbone.name, cfg.backbone.width, cfg.backbone.stem,
-                              cfg.dataset.size)
-    if m.name == "supervised":
-        return Supervised(backbone, num_classes)
-    projector = projection_mlp(backbone.num_features, m.proj_hidden_dim, m.proj_out_dim,
-                               m.proj_layers, m.proj_bn, m.proj_last_bn)
-    if m.name == "simclr":
-        return SimCLR(backbone, projector, loss.temperature)
-    if m.name == "sogclr":
-        return SogCLR(backbone, projector, SogCLRLoss(num_train, loss.gamma, loss.temperature))
-    if m.name == "supcon":
-        return SupCon(backbone, projector, loss.temperature, loss.base_temperature)
-    if m.name == "moco":
-        if m.bn_splits > 1:
-            split_batchnorm(backbone, m.bn_splits)      # before MoCo copies it for the keys
-        return MoCo(backbone, projector, m.queue_size, m.momentum, loss.temperature,
-                    m.symmetric, m.shuffle_bn)
-    raise ValueError(f"method.name={m.name!r} is not one of {', '.join(METHODS)}")
+    return method_class(cfg.method.name).from_config(cfg, num_train, num_classes)
+
+
+def register_schemas(cs) -> None:
+    """Each method's `Config` as schema/method/<name> and its `Loss` as schema/loss/<loss>,
+    which conf/method/<name>.yaml and conf/loss/<loss>.yaml list first."""
+    losses = {}
+    for name, cls in METHODS.items():
+        cs.store(group="schema/method", name=name, node=cls.Config)
+        if losses.setdefault(cls.loss_name, cls.Loss) is not cls.Loss:
+            raise ValueError(f"two schemas for loss {cls.loss_name!r}: methods that share a loss "
+                             f"must share its config class")
+        cs.store(group="schema/loss", name=cls.loss_name, node=cls.Loss)
+
+
+__all__ = ["METHODS", "Method", "MoCo", "build_method", "method_class", "register",
+           "register_schemas"]

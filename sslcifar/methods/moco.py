@@ -1,26 +1,48 @@
 """MoCo v2 (He et al., 2020; Chen et al., 2020): a query encoder trained by
 SGD, a key encoder that follows it as an exponential moving average, and a
 queue of the K most recent keys as negatives."""
-import copy
-from typing import List, Optional
+from dataclasses import dataclass
 
 import torch
+from omegaconf import MISSING
 from torch import nn
 
 from .. import distributed as dist
 from ..losses import moco_infonce
+from ..models import split_batchnorm
+from .base import Method, ProjectorConfig, TemperatureConfig, register, require
+from .ema import ema_update, frozen_copy
 
 
-class MoCo(nn.Module):
+@dataclass
+class MoCoConfig(ProjectorConfig):
+    queue_size: int = MISSING        # K: negatives kept in the queue (moco.py: moco_k)
+    momentum: float = MISSING        # m: EMA coefficient of the key encoder (moco.py: moco_m)
+    symmetric: bool = MISSING        # symmetrised loss (both views as queries), summed
+    shuffle_bn: bool = MISSING       # shuffle the key batch (across ranks; within it on one process)
+    bn_splits: int = MISSING         # backbone BatchNorm statistics per group of batch/bn_splits
+                                     # images (MoCo CIFAR demo: 8, one GPU acting as 8)
+
+
+@dataclass
+class MoCoInfoNCEConfig(TemperatureConfig):
+    pass
+
+
+@register
+class MoCo(Method):
+    name = "moco"
+    loss_name = "moco_infonce"
+    Config = MoCoConfig
+    Loss = MoCoInfoNCEConfig
+
     def __init__(self, backbone: nn.Module, projector: nn.Module, queue_size: int,
                  momentum: float, temperature: float, symmetric: bool, shuffle_bn: bool):
         super().__init__()
         self.backbone = backbone                     # query encoder = backbone + projector
         self.projector = projector
-        self.backbone_k = copy.deepcopy(backbone)    # key encoder: starts as a copy, never trained
-        self.projector_k = copy.deepcopy(projector)
-        for p in list(self.backbone_k.parameters()) + list(self.projector_k.parameters()):
-            p.requires_grad = False
+        self.backbone_k = frozen_copy(backbone)      # key encoder: starts as a copy, never trained
+        self.projector_k = frozen_copy(projector)
         self.K, self.m, self.T = queue_size, momentum, temperature
         self.symmetric, self.shuffle_bn = symmetric, shuffle_bn
         dim = projector[-1].out_features
@@ -28,11 +50,39 @@ class MoCo(nn.Module):
         self.register_buffer("queue", queue)                          # [K, D], rows are keys
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
 
+    @classmethod
+    def from_config(cls, cfg, num_train: int, num_classes: int) -> "MoCo":
+        m = cfg.method
+        backbone = cls.make_backbone(cfg)
+        projector = cls.make_projector(backbone.num_features, m)
+        if m.bn_splits > 1:
+            split_batchnorm(backbone, m.bn_splits)      # before MoCo copies it for the keys
+        return cls(backbone, projector, m.queue_size, m.momentum, cfg.loss.temperature,
+                   m.symmetric, m.shuffle_bn)
+
+    @classmethod
+    def check_config(cls, cfg, view_sizes) -> None:
+        super().check_config(cfg, view_sizes)
+        m = cfg.method
+        keys_per_step = cfg.batch_size * (2 if m.symmetric else 1)
+        require(m.queue_size >= keys_per_step, "moco_k (method.queue_size)", m.queue_size,
+                f"needs >= the keys enqueued per step ({keys_per_step})")
+        require(m.bn_splits >= 1, "method.bn_splits", m.bn_splits, "needs >= 1 (1 = plain BatchNorm)")
+        require(0 <= m.momentum <= 1, "moco_m (method.momentum)", m.momentum, "needs 0 <= m <= 1")
+
+    @classmethod
+    def check_data(cls, cfg, source, world: int) -> None:
+        super().check_data(cfg, source, world)
+        per_process = cfg.batch_size // world
+        require(per_process % cfg.method.bn_splits == 0, "method.bn_splits", cfg.method.bn_splits,
+                f"must divide the batch of each process ({per_process}); use a divisor of it, "
+                f"or 1 for plain BatchNorm")
+
     @torch.no_grad()
     def _momentum_update_key_encoder(self):
         """theta_k <- m * theta_k + (1 - m) * theta_q (the key BN keeps its own running stats)."""
         for q, k in ((self.backbone, self.backbone_k), (self.projector, self.projector_k)):
-            torch._foreach_lerp_(list(k.parameters()), list(q.parameters()), 1.0 - self.m)
+            ema_update(k, q, self.m)
 
     @torch.no_grad()
     def _dequeue_and_enqueue(self, keys: torch.Tensor):
@@ -66,9 +116,8 @@ class MoCo(nn.Module):
         k_all = dist.gather(encode(x_all[perm[r * b:(r + 1) * b]]))
         return k_all[torch.argsort(perm)][r * b:(r + 1) * b]
 
-    def forward(self, views: List[torch.Tensor], index: torch.Tensor,
-                labels: Optional[torch.Tensor] = None) -> dict:
-        x1, x2 = views
+    def forward(self, batch) -> dict:
+        x1, x2 = batch.views
         h1 = self.backbone(x1)
         q1 = nn.functional.normalize(self.projector(h1), dim=1)      # queries: [N, D]
         self._momentum_update_key_encoder()
@@ -83,4 +132,4 @@ class MoCo(nn.Module):
             loss = loss + moco_infonce(q2, k1, self.queue.clone(), self.T)
             keys = torch.cat([k1, k2])
         self._dequeue_and_enqueue(keys)
-        return {"loss": loss, "features": h1.detach()}
+        return {"loss": loss, "features": h1.detach(), "z_std": self.collapse_std(q1)}

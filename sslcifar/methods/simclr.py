@@ -1,26 +1,59 @@
-"""SimCLR (Chen et al., 2020): two views through one encoder, NT-Xent over the batch."""
-from typing import List, Optional
+"""SimCLR (Chen et al., 2020): every view through one encoder, NT-Xent over the batch.
 
-import torch
-from torch import nn
+Two views: `nt_xent`, the mean over the 2N anchors. More views (multi-crop, or
+augment.groups.0.count=3): `nt_xent_multi`, every crop an anchor whose positives are
+the other crops of the same image, as the contrastive-learning-methods repository.
+"""
+from dataclasses import dataclass
 
-from ..distributed import gather_with_grad
-from ..losses import nt_xent
+from ..distributed import gather, gather_with_grad
+from ..losses import nt_xent, nt_xent_multi
+from .base import Method, ProjectorConfig, TemperatureConfig, register
 
 
-class SimCLR(nn.Module):
-    def __init__(self, backbone: nn.Module, projector: nn.Module, temperature: float):
+@dataclass
+class SimCLRConfig(ProjectorConfig):
+    pass
+
+
+@dataclass
+class NTXentConfig(TemperatureConfig):
+    pass
+
+
+@register
+class SimCLR(Method):
+    name = "simclr"
+    loss_name = "nt_xent"
+    Config = SimCLRConfig
+    Loss = NTXentConfig
+    views = (2, None)
+    same_size_views = False
+
+    def __init__(self, backbone, projector, temperature: float):
         super().__init__()
         self.backbone = backbone
         self.projector = projector
         self.temperature = temperature
 
-    def forward(self, views: List[torch.Tensor], index: torch.Tensor,
-                labels: Optional[torch.Tensor] = None) -> dict:
-        b = views[0].shape[0]
-        # one pass over both views: BatchNorm statistics over all 2B images
-        h = self.backbone(torch.cat(views))                       # [2B, F]
-        z = self.projector(h)                                     # [2B, D]
-        z1, z2 = gather_with_grad(z[:b]), gather_with_grad(z[b:])  # [2B_global/2, D] each
-        loss = nt_xent(z1, z2, self.temperature)
-        return {"loss": loss, "features": h[:b].detach()}
+    @classmethod
+    def from_config(cls, cfg, num_train: int, num_classes: int) -> "SimCLR":
+        backbone = cls.make_backbone(cfg)
+        return cls(backbone, cls.make_projector(backbone.num_features, cfg.method),
+                   cfg.loss.temperature)
+
+    def forward(self, batch) -> dict:
+        views = batch.views
+        b, v = views[0].shape[0], len(views)
+        # one pass per view size: BatchNorm statistics over all the views of a size
+        h = self.encode(views)                                        # [V*B, F]
+        z = self.projector(h)                                         # [V*B, D]
+        z_std = self.collapse_std(z[:b])                              # the collapse monitor
+        if v == 2:
+            z1, z2 = gather_with_grad(z[:b]), gather_with_grad(z[b:])  # [B_global, D] each
+            loss = nt_xent(z1, z2, self.temperature)
+        else:
+            z = gather_with_grad(z.view(v, b, -1).transpose(0, 1).contiguous())   # [N, V, D]
+            ids = gather(batch.index).repeat_interleave(v)                        # [N*V]
+            loss = nt_xent_multi(z.flatten(0, 1), ids, self.temperature)
+        return {"loss": loss, "features": h[:b].detach(), "z_std": z_std}

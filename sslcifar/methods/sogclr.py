@@ -1,27 +1,53 @@
-"""SogCLR (Yuan et al., ICML 2022): SimCLR's encoder with the dynamic
-contrastive loss, whose per-sample estimator u is indexed by dataset index."""
-from typing import List, Optional
+"""SogCLR (Yuan et al., ICML 2022): SimCLR's encoder with the dynamic contrastive loss,
+whose per-sample estimator u is indexed by dataset index."""
+from dataclasses import dataclass
 
-import torch
-from torch import nn
+from omegaconf import MISSING
 
 from ..distributed import gather, gather_with_grad
 from ..losses import SogCLRLoss
+from .base import Method, ProjectorConfig, TemperatureConfig, register, require
 
 
-class SogCLR(nn.Module):
-    def __init__(self, backbone: nn.Module, projector: nn.Module, loss: SogCLRLoss):
+@dataclass
+class SogCLRConfig(ProjectorConfig):
+    pass
+
+
+@dataclass
+class SogCLRLossConfig(TemperatureConfig):
+    gamma: float = MISSING            # weight of the new estimate in the moving average u
+
+
+@register
+class SogCLR(Method):
+    name = "sogclr"
+    loss_name = "sogclr"
+    Config = SogCLRConfig
+    Loss = SogCLRLossConfig
+
+    def __init__(self, backbone, projector, loss: SogCLRLoss):
         super().__init__()
         self.backbone = backbone
         self.projector = projector
         self.criterion = loss          # holds u [num_samples, 1]: saved with the model
 
-    def forward(self, views: List[torch.Tensor], index: torch.Tensor,
-                labels: Optional[torch.Tensor] = None) -> dict:
-        b = views[0].shape[0]
-        h = self.backbone(torch.cat(views))
+    @classmethod
+    def from_config(cls, cfg, num_train: int, num_classes: int) -> "SogCLR":
+        backbone = cls.make_backbone(cfg)
+        projector = cls.make_projector(backbone.num_features, cfg.method)
+        return cls(backbone, projector, SogCLRLoss(num_train, cfg.loss.gamma, cfg.loss.temperature))
+
+    @classmethod
+    def check_config(cls, cfg, view_sizes) -> None:
+        super().check_config(cfg, view_sizes)
+        require(0 < cfg.loss.gamma <= 1, "loss.gamma", cfg.loss.gamma, "needs 0 < gamma <= 1")
+
+    def forward(self, batch) -> dict:
+        b = batch.views[0].shape[0]
+        h = self.encode(batch.views)
         z = self.projector(h)
         # every rank sees the global batch and its indices, so u stays identical everywhere
         z1, z2 = gather_with_grad(z[:b]), gather_with_grad(z[b:])
-        loss = self.criterion(z1, z2, gather(index))
-        return {"loss": loss, "features": h[:b].detach()}
+        loss = self.criterion(z1, z2, gather(batch.index))
+        return {"loss": loss, "features": h[:b].detach(), "z_std": self.collapse_std(z1)}

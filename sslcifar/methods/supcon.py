@@ -1,28 +1,51 @@
 """SupCon (Khosla et al., 2020): positives are all views of the same class."""
-from typing import List, Optional
+from dataclasses import dataclass
 
-import torch
 import torch.nn.functional as F
-from torch import nn
+from omegaconf import MISSING
 
 from ..distributed import gather, gather_with_grad
 from ..losses import supcon
+from .base import Method, ProjectorConfig, TemperatureConfig, register
 
 
-class SupCon(nn.Module):
-    def __init__(self, backbone: nn.Module, projector: nn.Module,
-                 temperature: float, base_temperature: float):
+@dataclass
+class SupConConfig(ProjectorConfig):
+    pass
+
+
+@dataclass
+class SupConLossConfig(TemperatureConfig):
+    base_temperature: float = MISSING     # the loss is scaled by temperature / base_temperature
+
+
+@register
+class SupCon(Method):
+    name = "supcon"
+    loss_name = "supcon"
+    Config = SupConConfig
+    Loss = SupConLossConfig
+    needs_labels = True
+    views = (1, None)
+
+    def __init__(self, backbone, projector, temperature: float, base_temperature: float):
         super().__init__()
         self.backbone = backbone
         self.projector = projector
         self.temperature = temperature
         self.base_temperature = base_temperature
 
-    def forward(self, views: List[torch.Tensor], index: torch.Tensor,
-                labels: Optional[torch.Tensor] = None) -> dict:
+    @classmethod
+    def from_config(cls, cfg, num_train: int, num_classes: int) -> "SupCon":
+        backbone = cls.make_backbone(cfg)
+        return cls(backbone, cls.make_projector(backbone.num_features, cfg.method),
+                   cfg.loss.temperature, cfg.loss.base_temperature)
+
+    def forward(self, batch) -> dict:
+        views = batch.views
         b, v = views[0].shape[0], len(views)
-        h = self.backbone(torch.cat(views))
+        h = self.encode(views)
         z = F.normalize(self.projector(h), dim=1)                 # [V*B, D]
         z = gather_with_grad(z.view(v, b, -1).transpose(0, 1).contiguous())  # [N, V, D]
-        loss = supcon(z, gather(labels), self.temperature, self.base_temperature)
-        return {"loss": loss, "features": h[:b].detach()}
+        loss = supcon(z, gather(batch.labels), self.temperature, self.base_temperature)
+        return {"loss": loss, "features": h[:b].detach(), "z_std": self.collapse_std(z[:, 0])}

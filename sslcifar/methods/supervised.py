@@ -1,35 +1,59 @@
 """Cross-entropy baseline (SupContrast's SupCE): the same backbone, a linear classifier."""
-from typing import Dict, List, Optional
+from dataclasses import dataclass
+from typing import Dict
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..features import extract
+from .base import LossConfig, Method, MethodConfig, register
 
-class Supervised(nn.Module):
+
+@dataclass
+class SupervisedConfig(MethodConfig):
+    pass
+
+
+@dataclass
+class CrossEntropyConfig(LossConfig):
+    pass
+
+
+@register
+class Supervised(Method):
+    name = "supervised"
+    loss_name = "cross_entropy"
+    Config = SupervisedConfig
+    Loss = CrossEntropyConfig
+    needs_labels = True
+    views = (1, 1)
+    min_batch = (1, "")
+
     def __init__(self, backbone: nn.Module, num_classes: int):
         super().__init__()
         self.backbone = backbone
         self.classifier = nn.Linear(backbone.num_features, num_classes)
 
-    def forward(self, views: List[torch.Tensor], index: torch.Tensor,
-                labels: Optional[torch.Tensor] = None) -> dict:
-        h = self.backbone(views[0])
+    @classmethod
+    def from_config(cls, cfg, num_train: int, num_classes: int) -> "Supervised":
+        return cls(cls.make_backbone(cfg), num_classes)
+
+    def forward(self, batch) -> dict:
+        labels = batch.labels
+        h = self.backbone(batch.views[0])
         logits = self.classifier(h)
         # DDP averages gradients over ranks: the mean over the local batch gives
         # the gradient of the global-batch mean, no gather needed
         loss = F.cross_entropy(logits, labels)
         top1 = (logits.argmax(1) == labels).float().mean()
-        return {"loss": loss, "features": h.detach(), "train_top1": top1.detach()}
+        return {"loss": loss, "features": h.detach(), "train_top1": top1.detach(),
+                "z_std": self.collapse_std(h)}
 
     @torch.no_grad()
     def evaluate(self, test_source, batch_size: int = 512) -> Dict[str, float]:
         """Top-1 of this classifier on the un-augmented test images, the number SupCE
         reports (BatchNorm in eval mode, as for any test)."""
-        from ..linear_eval import extract
-        was_training = self.training
-        index = torch.arange(len(test_source), device=test_source.device)
-        logits = self.classifier(extract(self.backbone, test_source, index, batch_size))
-        self.train(was_training)
+        logits = self.classifier(extract(self.backbone, test_source, batch_size=batch_size))
         top1 = (logits.argmax(1) == test_source.labels).float().mean().item()
         return {"test_top1": 100.0 * top1}

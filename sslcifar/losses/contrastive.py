@@ -1,4 +1,5 @@
-"""Contrastive losses as pure functions (and one small module for SogCLR's state).
+"""Contrastive losses as pure functions: NT-Xent (two views or many), SupCon, MoCo's InfoNCE,
+MoCo v3's in-batch InfoNCE.
 
 Shapes: N samples in the (global) batch, V views, D embedding size, K queue size.
 Similarities are computed in float32 even under bf16 autocast: the softmax over
@@ -6,7 +7,6 @@ thousands of negatives needs the precision.
 """
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 
 def _fp32(x: torch.Tensor) -> torch.Tensor:
@@ -53,6 +53,37 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> tor
     # anchor i (first views) pairs with i + N, and i + N with i
     target = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)
     return F.cross_entropy(logits, target)
+
+
+def nt_xent_multi(z: torch.Tensor, ids: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
+    """NT-Xent over any number of views per image (multi-crop SimCLR), with the semantics
+    of the contrastive-learning-methods repository / solo-learn's `simclr_loss_func`:
+    every crop is an anchor; its positives are the other crops with the same id, and
+    they are *summed* inside the log:
+
+        loss_a = -log( sum_{p in P(a)} exp(s_ap / T) / sum_{k != a} exp(s_ak / T) )
+
+    averaged over the anchors (s: cosine similarity). With two views per image this is
+    exactly `nt_xent`. With ids = class labels it is that repository's supervised
+    variant (SimCLR "with labels").
+
+    Args:
+        z: [M, D] embeddings of all crops (any order), not yet normalised.
+        ids: [M] int64: the image index of each crop (or its label).
+        temperature: T > 0.
+
+    Returns:
+        Scalar loss.
+    """
+    _check_temperature(temperature)
+    z = F.normalize(_fp32(z), dim=1)
+    logits = z @ z.T / temperature                                        # [M, M]
+    self_mask = torch.eye(z.shape[0], dtype=torch.bool, device=z.device)
+    logits = logits.masked_fill(self_mask, float("-inf"))
+    pos = (ids[:, None] == ids[None, :]) & ~self_mask
+    # log of the summed positives minus log of the summed others, computed stably
+    log_pos = torch.logsumexp(logits.masked_fill(~pos, float("-inf")), dim=1)
+    return (torch.logsumexp(logits, dim=1) - log_pos).mean()
 
 
 def supcon(features: torch.Tensor, labels: torch.Tensor = None, temperature: float = 0.07,
@@ -130,83 +161,30 @@ def moco_infonce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor,
     return F.cross_entropy(logits, target)
 
 
-class SogCLRLoss(nn.Module):
-    """SogCLR's dynamic contrastive loss (Yuan et al., ICML 2022, "Provable Stochastic
-    Optimization for Global Contrastive Learning: Small Batch Does Not Harm
-    Performance").
+def mocov3_infonce(q: torch.Tensor, k: torch.Tensor, temperature: float = 0.2) -> torch.Tensor:
+    """MoCo v3's contrastive loss (Chen, Xie & He, 2021, "An Empirical Study of Training
+    Self-Supervised Vision Transformers", Algorithm 1), as its `contrastive_loss`: the keys
+    of the other images in the batch are the negatives (no queue), and the cross-entropy is
+    multiplied by 2T, as the MoCo v3 code does (it makes the gradient's scale independent
+    of T).
 
-    SimCLR's loss normalises each anchor's positive by the mean of exp(sim/T) over
-    the negatives *in this mini-batch*, which is a biased estimate of the global
-    mean when the batch is small. SogCLR keeps a moving-average estimate u_i of that
-    mean for every training image i (a buffer indexed by the dataset index):
+        logits = normalize(q) @ normalize(k)^T / T        [N, N], positive on the diagonal
+        loss = 2T * mean cross-entropy
 
-        g_i   = mean over the 2(B-1) in-batch negatives of exp(cos/T), per direction
-        u_i  <- (1 - gamma) · u_i + gamma · g_i     (gamma = 1 on a batch never seen)
-        stored u_i = mean of the two directions' estimates
-
-    and descends with the gradient  -∇pos + mean_j [exp(s_j/T) / u_i] ∇s_j  per anchor
-    and direction, summed over the two directions and averaged over the batch: exactly
-    the gradient of the original implementation (its cifar branch), scale included
-    (T times the gradient of the contrastive loss with u in place of the batch mean),
-    so its recipes (LARS, lr 1.0, sqrt scaling, T 0.3) transfer unchanged.
-
-    Reported value: the original returns a surrogate whose value means nothing. We
-    return `surrogate + (reported - surrogate).detach()`: its gradient is the
-    surrogate's, its value the global contrastive loss estimate
-        mean over the 2B anchors of ( -pos/T + log u_new ),
-    close to 0 at the start and falling below 0 as it learns (with gamma=1 it is NT-Xent
-    without the positive in the denominator, minus log(2(B-1))).
+    Call it on the global batch (queries gathered with gradient, keys without): the mean
+    over all N queries is what DDP's average of the original's per-rank losses gives.
 
     Args:
-        num_samples: size of the training set (u has one entry per image).
-        gamma: weight of the new estimate in the moving average, 0 < gamma <= 1.
+        q: [N, D] predictions (queries).
+        k: [N, D] momentum-encoder projections (keys) of the other view; no gradient.
         temperature: T > 0.
 
-    Call: loss(z1 [B, D], z2 [B, D], index [B] int64) -> scalar; z not yet normalised.
-    u is a buffer [num_samples, 1]: saved with the model, restored on resume.
+    Returns:
+        Scalar loss. With everything identical it equals 2T log N.
     """
-
-    LARGE = 1e9
-
-    def __init__(self, num_samples: int, gamma: float = 0.9, temperature: float = 0.3):
-        super().__init__()
-        _check_temperature(temperature)
-        if not 0 < gamma <= 1:
-            raise ValueError(f"gamma must be in (0, 1], got {gamma}")
-        self.gamma, self.temperature = gamma, temperature
-        self.register_buffer("u", torch.zeros(num_samples, 1))
-
-    def forward(self, z1: torch.Tensor, z2: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        T = self.temperature
-        h1, h2 = F.normalize(_fp32(z1), dim=1), F.normalize(_fp32(z2), dim=1)
-        b = h1.shape[0]
-        eye = torch.eye(b, device=h1.device, dtype=h1.dtype)
-        labels = torch.cat([eye, torch.zeros_like(eye)], dim=1)          # [B, 2B], positive first
-        neg_mask = 1 - labels
-        # row i: [sim(i, other view of every j), sim(i, same view of every j != i)]
-        logits_ab_aa = torch.cat([h1 @ h2.T, h1 @ h1.T - eye * self.LARGE], dim=1)   # [B, 2B]
-        logits_ba_bb = torch.cat([h2 @ h1.T, h2 @ h2.T - eye * self.LARGE], dim=1)
-        neg1 = torch.exp(logits_ab_aa / T) * neg_mask
-        neg2 = torch.exp(logits_ba_bb / T) * neg_mask
-
-        with torch.no_grad():
-            u_old = self.u[index].to(h1.dtype)                            # [B, 1]
-            gamma = 1.0 if u_old.sum() == 0 else self.gamma               # first visit of the batch
-        n_neg = 2 * (b - 1)
-        u1 = (1 - gamma) * u_old + gamma * neg1.sum(1, keepdim=True).detach() / n_neg
-        u2 = (1 - gamma) * u_old + gamma * neg2.sum(1, keepdim=True).detach() / n_neg
-        with torch.no_grad():
-            self.u[index] = ((u1 + u2) / 2).to(self.u.dtype)
-
-        w1 = (neg1 / u1).detach()                                          # [B, 2B]
-        w2 = (neg2 / u2).detach()
-        # -pos + sum_j w_j * logit_j / (2(B-1)), on the raw cosine logits
-        loss_a = -(labels * (logits_ab_aa - (w1 * logits_ab_aa).sum(1, keepdim=True) / n_neg)).sum(1)
-        loss_b = -(labels * (logits_ba_bb - (w2 * logits_ba_bb).sum(1, keepdim=True) / n_neg)).sum(1)
-        surrogate = (loss_a + loss_b).mean()
-
-        with torch.no_grad():
-            pos = (h1 * h2).sum(1)
-            reported = torch.cat([-pos / T + u1.squeeze(1).log(),
-                                  -pos / T + u2.squeeze(1).log()]).mean()
-        return surrogate + (reported - surrogate).detach()
+    _check_temperature(temperature)
+    q = F.normalize(_fp32(q), dim=1)
+    k = F.normalize(_fp32(k).detach(), dim=1)
+    logits = q @ k.T / temperature
+    target = torch.arange(q.shape[0], device=q.device)
+    return 2 * temperature * F.cross_entropy(logits, target)

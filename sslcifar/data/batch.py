@@ -1,0 +1,32 @@
+"""What a training step receives: the views of a batch of images and how they were made."""
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+Params = Dict[str, torch.Tensor]
+
+
+@dataclass
+class Batch:
+    """One step's data on the compute device.
+
+    views:  V tensors [b, 3, S_v, S_v], normalised (S_v: the size of the view's group;
+            views of one group are consecutive)
+    index:  [b] int64 dataset indices of the images
+    labels: [b] int64 class labels (-1 where the split has none)
+    params: V dicts of [b, ...] tensors: the parameters that made each view (crop boxes,
+            flips, jitter factors and order, ... for images, see
+            `sslcifar.data.augment.sample_params`; `nuisance` [b, 6] for Spirograph).
+            Empty when the pipeline cannot hand them back (pipeline=torchvision).
+    replay: replay(v, params) re-makes view v from (changed) parameters, differentiably
+            in their float factors; None when the pipeline cannot.
+    """
+    views: List[torch.Tensor]
+    index: torch.Tensor
+    labels: torch.Tensor
+    params: List[Params] = field(default_factory=list)
+    replay: Optional[Callable[[int, Params], torch.Tensor]] = None
+
+    def __len__(self) -> int:
+        return self.index.shape[0]

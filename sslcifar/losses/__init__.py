@@ -1,0 +1,17 @@
+"""Losses: pure documented functions (and small modules where a loss keeps state).
+
+    contrastive   nt_xent, nt_xent_multi, supcon, moco_infonce, mocov3_infonce
+    sogclr        SogCLRLoss (a per-sample moving-average estimator, in a buffer)
+    redundancy    barlow_twins, vicreg (decorrelation of the embedding's dimensions)
+    regression    byol, simsiam (prediction of the other view, stop-gradient)
+
+Every function documents its tensor shapes, and each is tested against a naive
+implementation and the paper's formula (tests/test_losses.py).
+"""
+from .contrastive import moco_infonce, mocov3_infonce, nt_xent, nt_xent_multi, supcon
+from .redundancy import barlow_twins, vicreg
+from .regression import byol, simsiam
+from .sogclr import SogCLRLoss
+
+__all__ = ["barlow_twins", "byol", "moco_infonce", "mocov3_infonce", "nt_xent", "nt_xent_multi",
+           "simsiam", "supcon", "vicreg", "SogCLRLoss"]

@@ -1,0 +1,86 @@
+"""Losses that decorrelate the embedding's dimensions instead of contrasting images:
+Barlow Twins and VICReg. Both need the statistics of the *global* batch: call them on
+embeddings gathered across processes with `sslcifar.distributed.gather_with_grad`, so
+every rank computes the same loss and the gradients reach every rank in full.
+
+Shapes: N samples (the global batch), D embedding size.
+"""
+import torch
+import torch.nn.functional as F
+
+from .contrastive import _fp32
+
+BN_EPS = 1e-5          # BatchNorm1d's eps: Barlow Twins standardises with BN(affine=False)
+VICREG_EPS = 1e-4      # inside the square root of VICReg's variance term
+
+
+def _off_diagonal(m: torch.Tensor) -> torch.Tensor:
+    """The off-diagonal entries of a square matrix [D, D], flattened [D*D - D]."""
+    d = m.shape[0]
+    return m.flatten()[:-1].view(d - 1, d + 1)[:, 1:].flatten()
+
+
+def barlow_twins(z1: torch.Tensor, z2: torch.Tensor, lambd: float = 0.0051,
+                 scale: float = 1.0) -> torch.Tensor:
+    """Barlow Twins (Zbontar et al., 2021, "Barlow Twins: Self-Supervised Learning via
+    Redundancy Reduction", eq. 1).
+
+    Each view is standardised per feature with the batch mean and the biased variance plus
+    1e-5 (a BatchNorm1d(affine=False) in training mode), then
+
+        c = z1_hat^T z2_hat / N                                    [D, D]
+        loss = scale * ( sum_i (1 - c_ii)^2 + lambd * sum_{i != j} c_ij^2 )
+
+    (solo-learn multiplies by scale_loss = 0.1 on CIFAR; the authors use scale 1.)
+
+    Args:
+        z1, z2: [N, D] embeddings of the two views (row i: the same image).
+        lambd: weight of the redundancy-reduction (off-diagonal) term.
+        scale: overall factor.
+
+    Returns:
+        Scalar loss. Identical, standardised views with uncorrelated features give
+        lambd * sum of the off-diagonal squares of their correlation matrix.
+    """
+    z1, z2 = _fp32(z1), _fp32(z2)
+    n = z1.shape[0]
+    z1 = (z1 - z1.mean(0)) / torch.sqrt(z1.var(0, unbiased=False) + BN_EPS)
+    z2 = (z2 - z2.mean(0)) / torch.sqrt(z2.var(0, unbiased=False) + BN_EPS)
+    c = z1.T @ z2 / n
+    on_diag = (1 - torch.diagonal(c)).pow(2).sum()
+    off_diag = _off_diagonal(c).pow(2).sum()
+    return scale * (on_diag + lambd * off_diag)
+
+
+def vicreg(x: torch.Tensor, y: torch.Tensor, sim_coeff: float = 25.0, std_coeff: float = 25.0,
+           cov_coeff: float = 1.0) -> torch.Tensor:
+    """VICReg (Bardes et al., ICLR 2022, "VICReg: Variance-Invariance-Covariance
+    Regularization for Self-Supervised Learning"), as the authors' `main_vicreg.py`:
+
+        invariance = mean over all N*D entries of (x - y)^2
+        variance   = mean_d relu(1 - sqrt(var_d(x) + 1e-4)) / 2 + the same for y
+                     (var: unbiased, over the batch)
+        covariance = sum_{i != j} cov(x)_ij^2 / D + the same for y
+                     (cov = centred x^T x / (N - 1))
+        loss = sim_coeff * invariance + std_coeff * variance + cov_coeff * covariance
+
+    solo-learn's variance term leaves out the two halves (twice this); we follow the
+    authors, whose recipe the coefficients 25/25/1 were tuned with. With the same
+    coefficients a solo-learn run weighs the variance term twice as much.
+
+    Args:
+        x, y: [N, D] embeddings of the two views.
+
+    Returns:
+        Scalar loss.
+    """
+    x, y = _fp32(x), _fp32(y)
+    n, d = x.shape
+    invariance = F.mse_loss(x, y)
+    x, y = x - x.mean(0), y - y.mean(0)
+    std_x = torch.sqrt(x.var(0) + VICREG_EPS)
+    std_y = torch.sqrt(y.var(0) + VICREG_EPS)
+    variance = F.relu(1 - std_x).mean() / 2 + F.relu(1 - std_y).mean() / 2
+    cov_x, cov_y = x.T @ x / (n - 1), y.T @ y / (n - 1)
+    covariance = _off_diagonal(cov_x).pow(2).sum() / d + _off_diagonal(cov_y).pow(2).sum() / d
+    return sim_coeff * invariance + std_coeff * variance + cov_coeff * covariance

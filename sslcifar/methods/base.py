@@ -1,0 +1,182 @@
+"""What every method shares: its config schema, the hooks the training loop calls,
+and a registry from names to classes.
+
+A method is one `nn.Module` subclass of `Method` in one file of this package:
+
+    @register
+    class SimCLR(Method):
+        name = "simclr"                 # method=simclr, conf/method/simclr.yaml
+        loss_name = "nt_xent"           # the loss it trains with, conf/loss/nt_xent.yaml
+        Config = SimCLRConfig           # the schema of cfg.method (a dataclass)
+        Loss = NTXentConfig             # the schema of cfg.loss
+
+        @classmethod
+        def from_config(cls, cfg, num_train, num_classes): ...
+        def forward(self, batch) -> dict: ...   # {"loss": scalar, "features": [B, F], ...}
+
+The loop calls, per optimizer step:
+    before_step(step, total_steps, steps_per_epoch)   schedules (EMA momentum, temperatures)
+    forward(batch)                                     the loss (under autocast)
+    after_backward(step, steps_per_epoch)              gradient clipping, frozen layers
+    after_step(step, total_steps)                      target networks' EMA
+and once, `param_groups()` for the optimizer. State that training changes besides the
+weights (EMA encoders, queues, centres) lives in buffers and sub-modules, so checkpoints
+and exact resume cover it. Config rules that involve the method are its own
+`check_config` / `check_data`.
+"""
+from dataclasses import dataclass
+from typing import ClassVar, Dict, List, Optional, Type
+
+import torch
+import torch.nn.functional as F
+from omegaconf import MISSING
+from torch import nn
+
+from ..errors import UserError
+from ..models import build_backbone, projection_mlp
+
+METHODS: Dict[str, Type["Method"]] = {}
+
+
+def register(cls: Type["Method"]) -> Type["Method"]:
+    """Class decorator: make `method=<cls.name>` build this class."""
+    if cls.name in METHODS and METHODS[cls.name] is not cls:
+        raise ValueError(f"two methods are named {cls.name!r}")
+    METHODS[cls.name] = cls
+    return cls
+
+
+def require(ok: bool, key: str, value, allowed: str) -> None:
+    """One line naming the key, its value and what is allowed (as sslcifar.validate)."""
+    if not ok:
+        raise UserError(f"{key}={value} is not allowed: {allowed}")
+
+
+# ---------------------------------------------------------------------- schemas
+
+# Types only: the values live in conf/method/<name>.yaml and conf/loss/<name>.yaml.
+
+@dataclass
+class MethodConfig:
+    name: str = MISSING
+
+
+@dataclass
+class ProjectorConfig(MethodConfig):
+    """A projection MLP after the backbone (`sslcifar.models.projection_mlp`)."""
+    proj_hidden_dim: Optional[int] = MISSING  # hidden width; null = the backbone's feature size
+    proj_out_dim: int = MISSING               # output (embedding) size
+    proj_layers: int = MISSING                # linear layers
+    proj_bn: bool = MISSING                   # BatchNorm after each hidden linear layer
+    proj_last_bn: bool = MISSING              # BatchNorm (no affine) after the last linear
+
+
+@dataclass
+class LossConfig:
+    name: str = MISSING
+
+
+@dataclass
+class TemperatureConfig(LossConfig):
+    temperature: float = MISSING
+
+
+# ---------------------------------------------------------------------- the base class
+
+class Method(nn.Module):
+    name: ClassVar[str]
+    loss_name: ClassVar[str]
+    Config: ClassVar[type] = MethodConfig
+    Loss: ClassVar[type] = LossConfig
+    needs_labels: ClassVar[bool] = False      # every training image must have a label
+    views: ClassVar[tuple] = (2, 2)           # (fewest, most) views per image; None = any
+    same_size_views: ClassVar[bool] = True    # all views at one size (no multi-crop)
+    min_batch: ClassVar[tuple] = (2, " for a contrastive loss")   # smallest batch, and why
+
+    backbone: nn.Module                       # the encoder that evaluation keeps
+
+    @classmethod
+    def from_config(cls, cfg, num_train: int, num_classes: int) -> "Method":
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ config checks
+    @classmethod
+    def check_config(cls, cfg, view_sizes: List[int]) -> None:
+        """Rules of this method, before any data is read. view_sizes: one entry per view."""
+        lo, hi = cls.views
+        n = len(view_sizes)
+        if n < lo or (hi is not None and n > hi):
+            allowed = f"exactly {lo}" if lo == hi else (f"at least {lo}" if hi is None
+                                                        else f"{lo} to {hi}")
+            raise UserError(f"augment.groups gives {n} view(s) per image, but method={cls.name} "
+                            f"takes {allowed}. Fix: set the view groups' counts "
+                            f"(augment.groups.0.count=N, augment.small_crops=0)")
+        if cls.same_size_views and len(set(view_sizes)) > 1:
+            raise UserError(f"method={cls.name} takes views of one size, the view groups give "
+                            f"{sorted(set(view_sizes))} px. Fix: augment.small_crops=0 and no "
+                            f"group 'size'")
+        if hasattr(cfg.loss, "temperature"):
+            require(cfg.loss.temperature > 0, "loss.temperature", cfg.loss.temperature, "needs > 0")
+
+    @classmethod
+    def check_data(cls, cfg, source, world: int) -> None:
+        """Rules that need the loaded training split."""
+        if cls.needs_labels:
+            require(bool((source.labels >= 0).all()), "method", cls.name,
+                    f"needs labels on every training image, and {cfg.dataset.name} split "
+                    f"'{cfg.dataset.train_split}' has unlabeled ones (use a labelled split)")
+
+    # ------------------------------------------------------------------ building blocks
+    @staticmethod
+    def make_backbone(cfg) -> nn.Module:
+        b = cfg.backbone
+        return build_backbone(b.name, b.width, b.stem, cfg.dataset.size)
+
+    @staticmethod
+    def make_projector(in_dim: int, m) -> nn.Sequential:
+        """The projection MLP described by a ProjectorConfig."""
+        return projection_mlp(in_dim, m.proj_hidden_dim, m.proj_out_dim, m.proj_layers,
+                              m.proj_bn, m.proj_last_bn)
+
+    def encode(self, views: List[torch.Tensor], backbone: Optional[nn.Module] = None
+               ) -> torch.Tensor:
+        """Backbone features [sum of batch sizes, F] of every view, in view order, with one
+        backbone pass per run of consecutive views of the same size (DINO's multi-crop
+        wrapper): BatchNorm statistics over all the views of a size at once."""
+        backbone = self.backbone if backbone is None else backbone
+        out, start = [], 0
+        while start < len(views):
+            end = start + 1
+            while end < len(views) and views[end].shape[-2:] == views[start].shape[-2:]:
+                end += 1
+            x = views[start] if end == start + 1 else torch.cat(views[start:end])
+            out.append(backbone(x))
+            start = end
+        return out[0] if len(out) == 1 else torch.cat(out)
+
+    # ------------------------------------------------------------------ hooks of the loop
+    def param_groups(self) -> List[dict]:
+        """Optimizer parameter groups. Keys besides `params` that the loop reads:
+        `fixed_lr` (True: the base lr at every step, no schedule; SimSiam's predictor),
+        `weight_decay` (a value for this group instead of optimizer.weight_decay).
+        Default: every trainable parameter in one group."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+
+    def before_step(self, step: int, total_steps: int, steps_per_epoch: int) -> None:
+        """Called before each forward with the step about to be taken (0-based)."""
+
+    def after_backward(self, step: int, steps_per_epoch: int) -> None:
+        """Called after backward, before the optimizer step (gradients are unscaled)."""
+
+    def after_step(self, step: int, total_steps: int) -> None:
+        """Called after the optimizer step `step` (0-based): target networks' EMA."""
+
+    @staticmethod
+    def collapse_std(z: torch.Tensor) -> torch.Tensor:
+        """The SimSiam paper's collapse monitor (Chen & He, 2021, sec. 4.1): the standard
+        deviation over the batch of the L2-normalised outputs, averaged over channels.
+        About 1/sqrt(D) for well-spread outputs, 0 for a collapsed network. z: [B, D]."""
+        return F.normalize(z.detach().float(), dim=1).std(0).mean()
+
+    def forward(self, batch) -> dict:
+        raise NotImplementedError
