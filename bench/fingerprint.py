@@ -26,6 +26,8 @@ METHODS = {
     "simclr": ("simclr.py", []),
     "moco": ("moco.py", ["moco_k=256"]),
     "sogclr": ("simclr.py", ["method=sogclr"]),
+    # the branch that was the default before loss.branch existed (its numbers must survive)
+    "sogclr_imagenet": ("simclr.py", ["method=sogclr", "loss.branch=imagenet"]),
     "supcon": ("simclr.py", ["method=supcon"]),
     "supervised": ("simclr.py", ["method=supervised"]),
 }

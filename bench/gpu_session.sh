@@ -1,20 +1,28 @@
 #!/usr/bin/env bash
-# Every GPU figure of the README's Throughput section in one command, on a CUDA machine
-# with PyTorch installed (made for the device machines lent to some sessions: 10 minutes
-# a command, no internet; prepare .gpu/ with bench/gpu_carry.sh first).
+# Every GPU figure of the README's Throughput section in ONE command of at most 8 minutes on
+# one GPU with PyTorch installed (made for the device machines lent to some sessions: no
+# internet; prepare .gpu/ with bench/gpu_carry.sh first):
 #   bash bench/gpu_session.sh [OUT_DIR]
-# Writes OUT_DIR/session.log (all output) and the short run's metrics.jsonl and curves.png.
-# Sizes can be lowered for a CPU smoke test:
-#   DEVICE=cpu WIDTH=8 BATCH=32 STEPS=2 ROUNDS=1 EPOCHS=1 SUBSET=512 bash bench/gpu_session.sh
+# It records (each step under its own timeout, so the whole stays inside the budget):
+#   1. throughput at width 64, batch 256: bf16; bf16 + channels_last; data in host memory;
+#      augmentation compiled (about 1.5 min);
+#   2. time to accuracy: SimCLR, ResNet-18, batch 512, full CIFAR-10, as many epochs as fit
+#      in TTA_SECONDS (210 s; the run is stopped by SIGUSR2, which saves and ends it), kNN
+#      every 2 epochs, then tta.png (bench/tta_plot.py) beside the published races;
+#   3. 40 steps with compile=true, and 40 with compile_mode=reduce-overhead (CUDA graphs).
+# Writes OUT_DIR/session.log, metrics.jsonl, curves.png and tta.png.
+# A CPU smoke test with tiny sizes (a few minutes):
+#   DEVICE=cpu WIDTH=8 BATCH=32 STEPS=2 ROUNDS=1 TTA_SECONDS=40 SUBSET=512 bash bench/gpu_session.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-${OUT:-outputs/gpu_session}}
 mkdir -p "$OUT"
 exec > >(tee "$OUT/session.log") 2>&1
 PY=${PYTHON:-python3}
-DEVICE=${DEVICE:-cuda} WIDTH=${WIDTH:-64} BATCH=${BATCH:-256} STEPS=${STEPS:-20}
-ROUNDS=${ROUNDS:-5} EPOCHS=${EPOCHS:-15} SUBSET=${SUBSET:-null}
+DEVICE=${DEVICE:-cuda} WIDTH=${WIDTH:-64} BATCH=${BATCH:-256} STEPS=${STEPS:-10}
+ROUNDS=${ROUNDS:-3} TTA_SECONDS=${TTA_SECONDS:-210} SUBSET=${SUBSET:-null}
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+START=$(date +%s)
 
 if ls .gpu/whl/*.whl >/dev/null 2>&1; then        # dependencies the machine's image lacks
     $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -29,27 +37,29 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>
 $PY -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__,
 'cuda', torch.cuda.is_available(), 'cpus', __import__('os').cpu_count())"
 
-section() { echo; echo "=== $* ($(date +%T))"; }
+section() { echo; echo "=== $* ($(( $(date +%s) - START )) s)"; }
 
-section "unit tests of the data path and losses (CPU, this machine's torch)"
-$PY -m pytest -q -p no:cacheprovider tests/test_augment.py tests/test_losses.py 2>&1 | tail -3
-
-for opts in "" "--channels-last" "--precision fp32" "--placement host"; do
+for opts in "" "--channels-last" "--placement host" "--compile-augment"; do
     section "bench/throughput.py --width $WIDTH --batch $BATCH $opts"
-    timeout 300 $PY bench/throughput.py --device "$DEVICE" --width "$WIDTH" --batch "$BATCH" \
-        --steps "$STEPS" --rounds "$ROUNDS" --data-root "$DATA" $opts
+    timeout 120 $PY bench/throughput.py --device "$DEVICE" --width "$WIDTH" --batch "$BATCH" \
+        --steps "$STEPS" --rounds "$ROUNDS" --data-root "$DATA" --aug-images 4096 $opts
 done
 
-RUN=/tmp/sslcifar-gpu-run
-section "short real CIFAR-10 run: simclr.py backbone=resnet18 epochs=$EPOCHS (bf16 on CUDA)"
+RUN=/tmp/sslcifar-tta
+section "time to accuracy: simclr.py backbone=resnet18, stopped after $TTA_SECONDS s"
 rm -rf "$RUN"
-time timeout 420 $PY simclr.py backbone=resnet18 backbone.width="$WIDTH" \
-    device="$DEVICE" dataset.root="$DATA" dataset.subset="$SUBSET" epochs="$EPOCHS" \
-    eval.knn_every=5 progress=false tensorboard=false hydra.run.dir="$RUN"
-cp "$RUN/metrics.jsonl" "$RUN/curves.png" "$OUT/" 2>/dev/null
+timeout -s USR2 "$TTA_SECONDS" $PY simclr.py backbone=resnet18 backbone.width="$WIDTH" \
+    device="$DEVICE" dataset.root="$DATA" dataset.subset="$SUBSET" epochs=60 \
+    eval.knn_every=2 progress=false tensorboard=false hydra.run.dir="$RUN"
+$PY bench/tta_plot.py "$RUN" "$OUT/tta.png"
+cp "$RUN/metrics.jsonl" "$OUT/" 2>/dev/null
+$PY -m sslcifar.figures curves "$RUN" "$OUT/curves.png" 2>/dev/null
 
-section "the same for 50 steps with compile=true"
-timeout 300 $PY simclr.py backbone=resnet18 backbone.width="$WIDTH" device="$DEVICE" \
-    dataset.root="$DATA" dataset.subset="$SUBSET" max_steps=50 compile=true eval.knn_every=0 \
-    progress=false tensorboard=false hydra.run.dir="$RUN-compile" 2>&1 | tail -4
+for mode in default reduce-overhead; do
+    section "40 steps with compile=true compile_mode=$mode"
+    timeout 100 $PY simclr.py backbone=resnet18 backbone.width="$WIDTH" batch_size="$BATCH" \
+        device="$DEVICE" dataset.root="$DATA" dataset.subset="$SUBSET" max_steps=40 compile=true \
+        compile_mode="$mode" eval.knn_every=0 eval.knn_max_train=1024 progress=false \
+        tensorboard=false hydra.run.dir="$RUN-compile-$mode" 2>&1 | tail -3
+done
 section "done"

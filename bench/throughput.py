@@ -34,7 +34,7 @@ from sslcifar.data.batch import Batch  # noqa: E402
 from sslcifar.data.datasets import ImageSet, load_cifar  # noqa: E402
 from sslcifar.data.loader import DeviceBatches, TorchvisionBatches, torchvision_transform  # noqa: E402
 from sslcifar.data.sources import ImageSource  # noqa: E402
-from sslcifar.data.views import view_specs  # noqa: E402
+from sslcifar.data.views import view_sizes, view_specs  # noqa: E402
 from sslcifar.distributed import autocast_dtype, pick_device  # noqa: E402
 from sslcifar.methods import build_method  # noqa: E402
 from sslcifar.train import train_step  # noqa: E402
@@ -59,6 +59,11 @@ def parse():
     p.add_argument("--images", type=int, default=8192,
                    help="images held in memory; >= batch x steps x (rounds + 1)")
     p.add_argument("--aug-images", type=int, default=2048, help="images for the augmentation-only timing")
+    p.add_argument("--small-crops", type=int, default=0,
+                   help="multi-crop: this many small crops after the 2 global views")
+    p.add_argument("--small-size", type=int, default=24, help="side of the small crops")
+    p.add_argument("--compile-augment", action="store_true",
+                   help="(b) with augment.compile=true, and the augmentation alone compiled too")
     return p.parse_args()
 
 
@@ -73,7 +78,9 @@ def main():
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("simclr", [f"backbone={args.backbone}", f"backbone.width={args.width}",
                                  f"batch_size={args.batch}", f"device={args.device}",
-                                 f"precision={args.precision}"])
+                                 f"precision={args.precision}",
+                                 f"augment.small_crops={args.small_crops}",
+                                 f"augment.small_size={args.small_size}"])
     device = pick_device(cfg.device)
     amp = autocast_dtype(cfg.precision, device)
     autocast = torch.autocast(device.type, dtype=amp) if amp else nullcontext()
@@ -91,7 +98,7 @@ def main():
     specs = view_specs(cfg.augment, d)
     augment = BatchAugment(d.size, d.mean, d.std, **{k: v for k, v in vars(specs[0]).items()
                                                      if k not in ("size", "count")})
-    views = ViewMaker(specs, d.mean, d.std)
+    views = ViewMaker(specs, d.mean, d.std, compile=args.compile_augment)
     src = ImageSource(data, device, views, BatchNormalize(d.size, d.mean, d.std), args.placement)
     cpu_src = ImageSource(data, torch.device("cpu"), views, BatchNormalize(d.size, d.mean, d.std))
     device_batches = DeviceBatches(src, args.batch, seed=0, rank=0, world=1)
@@ -105,7 +112,8 @@ def main():
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-6)
     scaler = torch.amp.GradScaler(device.type, enabled=False)
-    fixed = [torch.randn(args.batch, 3, 32, 32, device=device) for _ in range(2)]
+    sizes = view_sizes(specs)
+    fixed = [torch.randn(args.batch, 3, s, s, device=device) for s in sizes]
     index = torch.arange(args.batch, device=device)
     labels = torch.zeros(args.batch, dtype=torch.long, device=device)
 
@@ -143,7 +151,7 @@ def main():
         times["device"].append(timed(take("device")))
         times["torchvision"].append(timed(take("torchvision")))
     med = {k: statistics.median(v) for k, v in times.items()}
-    views_per_s = {k: 2 * args.batch / v for k, v in med.items()}
+    views_per_s = {k: len(sizes) * args.batch / v for k, v in med.items()}
 
     # ---- augmentation alone, one thread
     threads = torch.get_num_threads()
@@ -158,6 +166,17 @@ def main():
         augment(imgs[s:s + 256], g)
     sync(device)
     ours = n / (time.perf_counter() - t)
+    compiled = None
+    if args.compile_augment:            # one view per image, as `augment`, through torch.compile
+        import dataclasses
+        one = ViewMaker([dataclasses.replace(specs[0], count=1)], d.mean, d.std, compile=True)
+        one.make(imgs[:256], g)         # compiles (tens of seconds on a CPU)
+        sync(device)
+        t = time.perf_counter()
+        for s in range(0, n, 256):
+            one.make(imgs[s:s + 256], g)
+        sync(device)
+        compiled = n / (time.perf_counter() - t)
     tf = torchvision_transform(specs[0], d.mean, d.std)
     a = cfg.augment
     from PIL import Image
@@ -191,15 +210,17 @@ def main():
     print(f"device {name} | {args.backbone} width {args.width} | batch {args.batch} | "
           f"{amp or 'fp32'} | channels_last {args.channels_last} | torch threads {threads} | "
           f"{args.workers} DataLoader workers | {'CIFAR-10' if args.data_root else 'random'} pixels"
+          f" | views {'+'.join(str(v) for v in sizes)} px"
           f"{' in host memory' if src.on_host else ''}")
     for k in ("bare", "device", "torchvision"):
         print(f"  ({'abc'['bare device torchvision'.split().index(k)]}) {k:12s} "
               f"{views_per_s[k]:9.0f} views/s  {1000 * med[k]:8.1f} ms/step")
-    print(f"  augmentation, 1 thread: ours {ours:,.0f} images/s, torchvision per-image "
+    print(f"  augmentation, 1 thread: ours {ours:,.0f} images/s"
+          + (f" (compiled {compiled:,.0f})" if compiled else "") + f", torchvision per-image "
           f"{theirs:,.0f} images/s" + (f", kornia {kornia_rate:,.0f} images/s" if kornia_rate else ""))
     print(f"  peak memory {peak:,.0f} MiB ({'GPU' if device.type == 'cuda' else 'process RSS'})")
     print(f"overhead device={med['device'] / med['bare']:.2f} "
-          f"torchvision={med['torchvision'] / med['bare']:.2f} aug_speedup={ours / theirs:.1f}")
+          f"torchvision={med['torchvision'] / med['bare']:.2f} aug_speedup={max(ours, compiled or 0) / theirs:.1f}")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from typing import Optional, Tuple
 import torch
 
 from .errors import UserError
+from .version import code_version
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +128,7 @@ def training_state(step: int, epochs_done: int, method, optimizer, scaler, probe
              "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
              "config": config, "overrides": overrides, "metrics": metrics_rows,
              "meters": {k: v.cpu() for k, v in meters.items()},
-             "rng": {"torch": torch.get_rng_state()}}
+             "rng": {"torch": torch.get_rng_state()}, "code": code_version()}
     if torch.cuda.is_available():
         state["rng"]["cuda"] = torch.cuda.get_rng_state_all()
     if probe is not None:

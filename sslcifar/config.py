@@ -61,13 +61,20 @@ class DatasetConfig:
     root: str = "${oc.env:SSLCIFAR_DATA,data}"   # folder holding the data ($SSLCIFAR_DATA, else
                                                  # ./data, relative to the launch directory)
     download: bool = False            # let torchvision download cifar/stl when missing
-    subset: Optional[int] = None      # use only the first N training images
+    subset: Optional[int] = None      # use only N training images:
+    subset_mode: str = "first"        # first (the first N) | stratified (N / classes per class)
     size: int = 32                    # side of the square images fed to the network
     mean: List[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     std: List[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     num_classes: int = 0
-    pipeline: str = "device"          # device (batched, in memory) | torchvision (per-image PIL in workers)
-    num_workers: int = 2              # DataLoader workers, torchvision pipeline only
+    # auto: device, or stream for a folder data set whose decoded copy would exceed
+    # memory_budget_mb | device (decoded into memory, views made batched on the device) |
+    # stream (files decoded per batch in DataLoader workers) | torchvision (per-image PIL)
+    pipeline: str = "auto"
+    memory_budget_mb: Optional[int] = None   # auto's budget; null: half the available memory
+    decode: str = "cpu"               # stream: cpu (PIL in the workers) | cuda (nvJPEG, batched)
+    classes_file: Optional[str] = None   # folder data sets: only these class folders (ImageNet-100)
+    num_workers: int = 2              # DataLoader workers (torchvision and stream pipelines)
     small_size: Optional[int] = None  # side of multi-crop's small crops (CIFAR 24, STL-10 58)
     placement: str = "auto"           # pipeline=device: where the uint8 images live. auto: on the
                                       # GPU if they take <= 1/4 of its free memory, else host | device | host
@@ -99,6 +106,7 @@ class ViewGroupConfig:
     blur_sigma: Optional[List[float]] = None
     solarize_p: Optional[float] = None
     solarize_threshold: Optional[float] = None
+    jitter_mode: Optional[str] = None
 
 
 @dataclass
@@ -119,6 +127,8 @@ class AugmentConfig:
     blur_sigma: List[float] = MISSING
     solarize_p: float = MISSING
     solarize_threshold: float = MISSING
+    jitter_mode: str = MISSING        # torchvision (random order, exact HSV) | invclr (fixed order, YIQ hue)
+    compile: bool = MISSING           # make the views through torch.compile (falls back to eager)
     groups: List[ViewGroupConfig] = MISSING     # the views of each image, group by group
     # multi-crop shortcut: a group of small crops appended after `groups`
     small_crops: int = MISSING
@@ -136,6 +146,8 @@ class EvalConfig:
     probe_lr: float = 1.0e-3          # its Adam learning rate
     tsne: bool = False                # t-SNE of test embeddings (tsne.png) at the end
     tsne_points: int = 2000           # test images in the t-SNE (exact t-SNE: O(n^2))
+    linear: Optional[str] = None      # a linear-evaluation protocol (fast, supcontrast, ...: conf/
+                                      # protocol/) run at the end; its top-1 in done.json and the last row
 
 
 @dataclass
@@ -160,11 +172,18 @@ class TrainConfig:
     precision: str = "auto"           # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
     channels_last: bool = False       # NHWC memory format (CUDA)
     compile: bool = False             # torch.compile the method
+    compile_mode: str = "default"     # default | reduce-overhead (CUDA graphs: fewer kernel
+                                      # launches) | max-autotune
     resume: bool = False              # continue from <run dir>/checkpoints/last.pt
     checkpoint_every: int = 0         # also keep epoch_N.pt every N epochs (0 = only last.pt)
     log_every: int = 10               # steps between tqdm postfix / TensorBoard scalars
     progress: bool = True             # tqdm progress bars
     tensorboard: bool = True
+    wandb: bool = False               # also log to Weights & Biases (pip install -e '.[wandb]');
+                                      # WANDB_MODE=offline writes the run under <run dir>/wandb
+    wandb_project: str = "sslcifar"
+    wandb_entity: Optional[str] = None
+    wandb_name: Optional[str] = None  # default: the run directory's name
     run_dir: Optional[str] = None     # default: Hydra's run directory
 
 

@@ -9,12 +9,12 @@ As in sslcifar/config.py, the values live in the YAML files of `conf/`
 (`linear_eval.yaml`, `knn.yaml`, `tsne.yaml`); the dataclasses give types.
 """
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from .config import BackboneConfig, DatasetConfig
+from .config import AugmentConfig, BackboneConfig, DatasetConfig
 
 
 @dataclass
@@ -34,14 +34,44 @@ class EncoderEvalConfig:
 
 @dataclass
 class LinearEvalConfig(EncoderEvalConfig):
+    """Types only: conf/linear_eval.yaml holds the values (our `standard` protocol) and
+    conf/protocol/<name>.yaml what each original's evaluation does differently."""
+    augment: AugmentConfig = field(default_factory=AugmentConfig)   # inputs=transformed
+    protocol: str = MISSING           # the name recorded in linear_eval.json
     recipe: str = MISSING             # fast (L-BFGS on cached features) | standard (SGD, augmented)
-    epochs: int = MISSING             # standard recipe only
-    lr: float = MISSING               # standard recipe: SGD learning rate (cosine to 0)
-    weight_decay: float = 0.0         # standard recipe
-    momentum: float = 0.9             # standard recipe
-    l2: float = MISSING               # fast recipe: L2 penalty on the weights (standardised features)
-    max_steps: Optional[int] = None   # standard recipe: stop after this many SGD steps (smoke runs)
+    # standard recipe (SGD)
+    epochs: int = MISSING
+    lr: float = MISSING
+    weight_decay: float = MISSING
+    momentum: float = MISSING
+    nesterov: bool = MISSING
+    schedule: str = MISSING           # cosine | step | simclr_cifar10 (linear_eval.probe_lr)
+    schedule_unit: str = MISSING      # cosine per step | per epoch
+    milestones: List[int] = MISSING   # step: the epochs at which lr *= lr_gamma
+    lr_gamma: float = MISSING
+    train_augment: str = MISSING      # crop_flip (4 px padding) | resized_crop_flip | none
+    crop_scale: List[float] = MISSING  # resized_crop_flip's scale range
+    standardize: bool = MISSING       # features standardised with the training set's statistics
+    fc_init: str = MISSING            # default (torch's) | normal (N(0, 0.01), bias 0)
+    finetune: bool = MISSING          # train the encoder too, in train mode (SimCLR-CIFAR10)
+    report: str = MISSING             # last | best | lowest_train_loss: which epoch is `top1`
+    drop_last: bool = MISSING         # leave out the last incomplete batch of each epoch
+    max_steps: Optional[int] = None   # stop after this many SGD steps (smoke runs)
+    # fast recipe (L-BFGS)
+    l2: float = MISSING               # L2 penalty on the weights: mean CE + l2/2 ||W||^2
+    lbfgs_steps: int = MISSING        # L-BFGS calls
+    lbfgs_max_iter: int = MISSING     # iterations per call
+    lbfgs_line_search: str = MISSING  # strong_wolfe | none
     ridge: float = MISSING            # spirograph: ridge penalty of the least-squares regression
+    regression: str = MISSING         # spirograph: ridge (least squares) | lbfgs (the invariance
+                                      # reproduction's: MSE + reg_weight ||W||^2, L-BFGS)
+    reg_weight: float = MISSING
+    # the inputs whose features are fitted and scored: untransformed (the plain images) |
+    # transformed (augmented by `augment`, averaged over `passes` views: feature averaging)
+    inputs: str = MISSING
+    passes: int = MISSING
+    invariance_images: int = MISSING  # > 0: the measured invariance on this many test images
+    invariance_samples: int = MISSING  # fresh nuisance draws per image (the penalty's M)
 
 
 @dataclass

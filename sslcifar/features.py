@@ -23,11 +23,15 @@ def extract(backbone: nn.Module, source, index: Optional[torch.Tensor] = None,
     was_training = backbone.training
     backbone.eval()
     out = []
+    if hasattr(source, "plain_batches"):        # streamed from disk: one pass through workers
+        batches = source.plain_batches(index, batch_size)
+    else:
+        batches = (source.plain(index[i:i + batch_size]) for i in range(0, len(index), batch_size))
     try:
         from tqdm import tqdm
-        for i in tqdm(range(0, len(index), batch_size), desc=desc, disable=not progress,
-                      leave=False, dynamic_ncols=True):
-            f = backbone(source.plain(index[i:i + batch_size])).float()
+        for x in tqdm(batches, total=-(-len(index) // batch_size), desc=desc,
+                      disable=not progress, leave=False, dynamic_ncols=True):
+            f = backbone(x).float()
             out.append(F.normalize(f, dim=1) if normalize else f)
     finally:
         backbone.train(was_training)

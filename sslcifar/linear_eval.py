@@ -1,29 +1,35 @@
-"""Linear evaluation of a frozen encoder: a linear classifier on its features.
+"""Linear evaluation of an encoder: a linear classifier on its features, by protocol.
 
     python linear_eval.py backbone=resnet18                      # newest resnet18 run in outputs/
     python linear_eval.py pretrained=outputs/simclr/<date>_<time> recipe=fast
+    python linear_eval.py pretrained=PATH protocol=supcontrast   # SupContrast's main_linear.py
     python linear_eval.py pretrained=random backbone.width=16    # the untrained baseline
     python linear_eval.py pretrained=PATH dataset=spirograph     # R^2 of the generative parameters
 
-Two recipes, same frozen encoder (eval mode: BatchNorm uses its running
-statistics; no gradient reaches it, and every tensor of its state_dict is
-compared bit for bit before and after, as MoCo's `sanity_check`):
+A protocol (conf/protocol/<name>.yaml) sets the fields below as an original repository's
+evaluation script does; each field can also be set alone. Two recipes:
 
-- `standard` (a frozen probe like MoCo's / SupContrast's; the README lists how each
-  original differs): SGD with momentum, no weight decay,
-  cosine schedule, `epochs` passes over the training images, each batch
-  augmented by random crop (padding 4 at 32 px) and horizontal flip. The
-  features are standardised with the un-augmented training set's statistics
-  first, so one learning rate suits any encoder.
-- `fast`: the features of the un-augmented images are extracted once and a
-  multinomial logistic regression is fitted on them, full batch, with L-BFGS
-  (mean cross-entropy + l2/2 ||W||^2 on standardised features). Seconds.
+- `standard` (SGD): `epochs` passes over the training images, each batch augmented on
+  the device (`train_augment`: random crop with 4 px padding and flip, or
+  RandomResizedCrop(crop_scale) and flip), SGD with momentum, a `schedule` (cosine per
+  step or per epoch, step decay at `milestones` by `lr_gamma`, or SimCLR-CIFAR10's), the
+  features standardised with the training set's statistics (`standardize`), the last layer
+  initialised by torch or N(0, 0.01) (`fc_init`), and the test top-1 reported as `report`
+  says (last epoch, best epoch, or the epoch of the lowest training loss; all three kept).
+- `fast`: the features of the un-augmented images are extracted once and a multinomial
+  logistic regression is fitted on them with full-batch L-BFGS (mean cross-entropy +
+  l2/2 ||W||^2). Seconds.
 
-For Spirograph (regression targets) both become least squares with a tiny
-ridge from the features to the four generative parameters, scored by R^2.
+The encoder is frozen (eval mode: BatchNorm uses its running statistics; no gradient
+reaches it, and every tensor of its state_dict is compared bit for bit before and after,
+as MoCo's `sanity_check`), except with `finetune=true`, which trains it too, in train mode,
+as SimCLR-CIFAR10's simclr_lin.py really does.
+
+For Spirograph (regression targets) both become least squares with a tiny ridge from the
+features to the four generative parameters, scored by R^2.
 
 Writes linear_eval.json and confusion_matrix.png to the run directory and
-prints `linear_eval: top1=.. top5=.. (recipe, checkpoint)`.
+prints `linear_eval: top1=.. top5=.. (protocol, checkpoint)`.
 """
 import json
 import logging
@@ -42,7 +48,7 @@ from .knn import r2_scores
 from .distributed import pick_device
 from .features import extract
 from .pretrained import load_encoder
-from .schedule import lr_schedule
+from .version import code_version
 
 log = logging.getLogger("sslcifar")
 
@@ -117,16 +123,24 @@ def feature_stats(features: torch.Tensor):
 
 
 def fit_fast(train_f: torch.Tensor, train_y: torch.Tensor, num_classes: int, l2: float,
-             iterations: int = LBFGS_ITERATIONS) -> LinearClassifier:
-    """Multinomial logistic regression, full batch L-BFGS on standardised features:
-    minimises mean CE + l2/2 ||W||^2 (the bias is not penalised)."""
-    clf = LinearClassifier(*feature_stats(train_f), num_classes).to(train_f.device)
-    nn.init.zeros_(clf.fc.weight)
-    nn.init.zeros_(clf.fc.bias)
+             iterations: int = LBFGS_ITERATIONS, steps: int = 1, line_search: str = "strong_wolfe",
+             standardize: bool = True) -> LinearClassifier:
+    """Multinomial logistic regression, full batch L-BFGS: minimises mean CE + l2/2 ||W||^2
+    (the bias is not penalised), on standardised features unless standardize=False.
+
+    Ours: one L-BFGS call of up to `iterations` iterations with a strong-Wolfe line search,
+    from zero weights. The invariance-by-gradient reproduction's evaluate/lbfgs.py: 500
+    calls (`steps`) of torch's default L-BFGS (20 iterations, no line search), from torch's
+    default initialisation of the layer."""
+    stats = feature_stats(train_f) if standardize else _identity_stats(train_f)
+    clf = LinearClassifier(*stats, num_classes).to(train_f.device)
+    if line_search == "strong_wolfe":
+        nn.init.zeros_(clf.fc.weight)
+        nn.init.zeros_(clf.fc.bias)
     z = (train_f - clf.mean) / clf.std                                # [N, F], fixed
     opt = torch.optim.LBFGS(clf.fc.parameters(), lr=1, max_iter=iterations, history_size=20,
                             tolerance_grad=1e-7, tolerance_change=1e-10,
-                            line_search_fn="strong_wolfe")
+                            line_search_fn=None if line_search == "none" else line_search)
 
     def closure():
         opt.zero_grad()
@@ -135,54 +149,148 @@ def fit_fast(train_f: torch.Tensor, train_y: torch.Tensor, num_classes: int, l2:
         return loss
 
     with torch.enable_grad():
-        opt.step(closure)
+        for _ in range(steps):
+            opt.step(closure)
     return clf
 
 
-def fit_standard(backbone: nn.Module, source, index: torch.Tensor, labels: torch.Tensor,
-                 num_classes: int, stats, cfg, device: torch.device) -> dict:
-    """SGD on augmented images through the frozen encoder. index [N]: the training
-    images, labels [N]: their classes, stats: the un-augmented features' (mean, std).
-    Returns {"classifier", "epochs" (may be fractional with max_steps), "steps"}."""
+def _identity_stats(features: torch.Tensor):
+    """Mean 0, std 1: LinearClassifier without standardisation."""
+    f = features.shape[1]
+    return (torch.zeros(f, device=features.device), torch.ones(f, device=features.device))
+
+
+def random_resized_crop_flip(x: torch.Tensor, scale, generator: torch.Generator) -> torch.Tensor:
+    """Batched RandomResizedCrop(size, scale) + RandomHorizontalFlip of normalised images
+    x [B, 3, S, S] (bilinear: a linear map, so it commutes with the normalisation)."""
+    from .data.ops import resized_crop, sample_crop_boxes
+    b, _, s, _ = x.shape
+    box = sample_crop_boxes(b, s, s, tuple(scale), (3 / 4, 4 / 3), generator, x.device)
+    flip = torch.rand(b, generator=generator, device=x.device) < 0.5
+    return resized_crop(x, *box, s, "bilinear", flip=flip)
+
+
+def probe_lr(cfg, epoch: int, step: int, steps_per_epoch: int) -> float:
+    """The learning rate of the probe at (epoch, step): cfg.schedule per cfg.schedule_unit.
+
+    cosine, per step: ours, from lr to 0 at the last step; per epoch: the originals'
+    lr * (1 + cos(pi e / E)) / 2 (SogCLR's lincls.py). step: lr * lr_gamma^(milestones
+    passed), per epoch (SupContrast, MoCo, solo-learn). simclr_cifar10: simclr_lin.py's
+    LambdaLR, lr * (1e-3 + (0.6 - 1e-3)(1 + cos(pi t / (1000 epochs))) / 2) per step (its
+    pretraining length and lr in the factor, as the script has it)."""
+    if cfg.schedule == "step":
+        return cfg.lr * cfg.lr_gamma ** sum(epoch >= m for m in cfg.milestones)
+    if cfg.schedule == "simclr_cifar10":
+        return cfg.lr * (1e-3 + (0.6 - 1e-3) * 0.5 * (1 + math.cos(math.pi * step / (1000 * steps_per_epoch))))
+    if cfg.schedule_unit == "epoch":
+        return cfg.lr * 0.5 * (1 + math.cos(math.pi * epoch / cfg.epochs))
+    total = cfg.epochs * steps_per_epoch
+    span = max(total - 1, 1)
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * step / span))
+
+
+def fit_sgd(backbone: nn.Module, source, index: torch.Tensor, labels: torch.Tensor,
+            num_classes: int, stats, cfg, device: torch.device, test_logits=None) -> dict:
+    """SGD on augmented images through the encoder (frozen, or trained with cfg.finetune).
+    index [N]: the training images, labels [N]: their classes, stats: the un-augmented
+    features' (mean, std) for standardisation. test_logits(clf) -> [M, C] scores the test
+    set; called after every epoch when cfg.report needs it, else once at the end.
+    Returns {"classifier", "epochs" (fractional with max_steps), "steps", "history"}."""
     from tqdm import tqdm
     torch.manual_seed(cfg.seed)
     clf = LinearClassifier(*stats, num_classes).to(device)
-    opt = torch.optim.SGD(clf.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+    if cfg.fc_init == "normal":                 # MoCo's and SogCLR's lincls: N(0, 0.01), bias 0
+        nn.init.normal_(clf.fc.weight, std=0.01)
+        nn.init.zeros_(clf.fc.bias)
+    params = list(clf.parameters()) + (list(backbone.parameters()) if cfg.finetune else [])
+    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
                           weight_decay=cfg.weight_decay)
     n, bs = len(index), cfg.batch_size
-    steps_per_epoch = math.ceil(n / bs)                 # every image each epoch, last batch smaller
+    steps_per_epoch = n // bs if cfg.drop_last else math.ceil(n / bs)
     total = cfg.epochs * steps_per_epoch
     last = total if cfg.max_steps is None else min(cfg.max_steps, total)
-    lrs = lr_schedule(cfg.lr, total, 0, 0.0, "cosine").tolist()
     g = torch.Generator(device=device).manual_seed(cfg.seed)
     d = cfg.dataset
     padding = max(1, round(4 * d.size / 32))            # 4 px at CIFAR's 32 px
     fill = -torch.tensor(d.mean) / torch.tensor(d.std)  # a black pixel, normalised
-    step = 0
+    every_epoch = cfg.report != "last"
+    history, step = [], 0
     for epoch in range(cfg.epochs):
         perm = torch.randperm(n, generator=g, device=device)
+        backbone.train(cfg.finetune)            # frozen: eval mode (running BN statistics)
         bar = tqdm(range(steps_per_epoch), desc=f"linear epoch {epoch}", leave=False,
                    disable=not cfg.progress, dynamic_ncols=True)
+        loss_sum = torch.zeros((), device=device)
         for i in bar:
             sel = perm[i * bs:(i + 1) * bs]
-            x = random_crop_flip(source.plain(index[sel]), padding, fill, g)
-            with torch.no_grad():
-                f = backbone(x).float()                 # eval mode: running BN statistics
+            x = source.plain(index[sel])
+            if cfg.train_augment == "crop_flip":
+                x = random_crop_flip(x, padding, fill, g)
+            elif cfg.train_augment == "resized_crop_flip":
+                x = random_resized_crop_flip(x, cfg.crop_scale, g)
+            with torch.set_grad_enabled(cfg.finetune):
+                f = backbone(x).float()
             loss = F.cross_entropy(clf(f), labels[sel])
+            lr = probe_lr(cfg, epoch, step, steps_per_epoch)
             for group in opt.param_groups:
-                group["lr"] = lrs[step]
+                group["lr"] = lr
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            loss_sum += loss.detach() * len(sel)
             step += 1
             if step % 20 == 0 or step == last:
-                bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lrs[step - 1]:.4g}")
+                bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.4g}")
             if step == last:
                 break
         bar.close()
+        seen = (i + 1) * bs if cfg.drop_last else min((i + 1) * bs, n)
+        row = {"epoch": epoch, "train_loss": loss_sum.item() / seen}
+        if test_logits is not None and (every_epoch or step == last or epoch == cfg.epochs - 1):
+            backbone.eval()
+            with torch.no_grad():
+                row["test_top1"] = _top1(test_logits(clf))
+        history.append(row)
         if step == last:
             break
-    return {"classifier": clf, "epochs": step / steps_per_epoch, "steps": step}
+    backbone.eval()
+    return {"classifier": clf, "epochs": step / steps_per_epoch, "steps": step, "history": history}
+
+
+def _top1(logits_and_labels) -> float:
+    logits, labels = logits_and_labels
+    return 100.0 * (logits.argmax(1) == labels).float().mean().item()
+
+
+def reported_epoch(history: List[dict], report: str) -> dict:
+    """The history row whose test top-1 the protocol reports: the last epoch, the best one,
+    or the one with the lowest training loss (SimCLR-CIFAR10's 'Best Test Acc')."""
+    scored = [r for r in history if "test_top1" in r]
+    if report == "best":
+        return max(scored, key=lambda r: r["test_top1"])
+    if report == "lowest_train_loss":
+        return min(scored, key=lambda r: r["train_loss"])
+    return scored[-1]
+
+
+def lbfgs_regression(train_f: torch.Tensor, train_t: torch.Tensor, reg_weight: float,
+                     steps: int = 500):
+    """The invariance reproduction's train_reg: a linear layer from the raw features to the
+    targets, mean squared error + reg_weight ||W||^2, 500 calls of torch's default L-BFGS.
+    Returns predict(features) -> [M, P]."""
+    layer = nn.Linear(train_f.shape[1], train_t.shape[1]).to(train_f.device)
+    opt = torch.optim.LBFGS(layer.parameters())
+
+    def closure():
+        opt.zero_grad()
+        loss = F.mse_loss(layer(train_f), train_t) + reg_weight * layer.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        for _ in range(steps):
+            opt.step(closure)
+    return lambda f: layer(f).detach()
 
 
 def ridge_regression(train_f: torch.Tensor, train_t: torch.Tensor, ridge: float):
@@ -246,19 +354,60 @@ def confusion_png(conf: List[List[int]], classes: List[str], path: Path, title: 
 
 # ---------------------------------------------------------------------- the entrypoint's work
 
+PROTOCOL_CHOICES = {"recipe": RECIPES, "inputs": ("untransformed", "transformed"),
+                    "regression": ("ridge", "lbfgs"), "schedule": ("cosine", "step", "simclr_cifar10"),
+                    "schedule_unit": ("step", "epoch"), "fc_init": ("default", "normal"),
+                    "train_augment": ("crop_flip", "resized_crop_flip", "none"),
+                    "report": ("last", "best", "lowest_train_loss"),
+                    "lbfgs_line_search": ("strong_wolfe", "none")}
+
+
 def validate(cfg) -> None:
     def require(ok, key, value, allowed):
         if not ok:
             raise UserError(f"{key}={value} is not allowed: {allowed}")
-    require(cfg.recipe in RECIPES, "recipe", cfg.recipe, "use fast or standard")
+    for key, allowed in PROTOCOL_CHOICES.items():
+        require(cfg[key] in allowed, key, cfg[key], "use one of " + ", ".join(allowed))
     require(cfg.epochs >= 1, "epochs", cfg.epochs, "needs >= 1")
     require(cfg.batch_size >= 1, "batch_size", cfg.batch_size, "needs >= 1")
     require(cfg.lr > 0, "lr", cfg.lr, "needs > 0")
     require(cfg.l2 >= 0, "l2", cfg.l2, "needs >= 0")
     require(cfg.ridge >= 0, "ridge", cfg.ridge, "needs >= 0")
+    require(cfg.lbfgs_steps >= 1 and cfg.lbfgs_max_iter >= 1, "lbfgs_steps/lbfgs_max_iter",
+            f"{cfg.lbfgs_steps}/{cfg.lbfgs_max_iter}", "need >= 1")
     require(cfg.max_steps is None or cfg.max_steps >= 1, "max_steps", cfg.max_steps,
             "needs >= 1 or null")
+    require(cfg.passes >= 1, "passes", cfg.passes, "needs >= 1")
+    require(not (cfg.inputs == "untransformed" and cfg.passes > 1), "passes", cfg.passes,
+            "feature averaging needs transformed inputs: add inputs=transformed")
+    lo, hi = cfg.crop_scale
+    require(0 < lo <= hi <= 1, "crop_scale", list(cfg.crop_scale), "needs 0 < low <= high <= 1")
+    require(cfg.dataset.subset_mode in ("first", "stratified"), "dataset.subset_mode",
+            cfg.dataset.subset_mode, "use one of first, stratified")
+    require(not (cfg.finetune and cfg.recipe == "fast"), "finetune", True,
+            "the fast recipe fits cached features: use recipe=standard to fine-tune")
     pick_device(cfg.device)
+
+
+def protocol_config(name: str, train_cfg):
+    """The linear_eval config of protocol `name` for a pretraining run's data (eval.linear):
+    composed from conf/ as `linear_eval.py protocol=<name>` would, with the run's dataset,
+    device and seed."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+    from .eval_config import register_eval_configs
+    register_eval_configs()
+    overrides = [f"protocol={name}", "progress=false", f"seed={train_cfg.seed}"]
+    if GlobalHydra.instance().is_initialized():           # inside simclr.py / moco.py
+        cfg = compose("linear_eval", overrides=overrides)
+    else:
+        with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf"),
+                                   version_base="1.3"):
+            cfg = compose("linear_eval", overrides=overrides)
+    cfg.dataset = OmegaConf.merge(cfg.dataset, OmegaConf.to_container(train_cfg.dataset, resolve=True))
+    cfg.device = train_cfg.device
+    return cfg
 
 
 def run_dir_of(cfg) -> Path:
@@ -269,7 +418,8 @@ def run_dir_of(cfg) -> Path:
 
 
 def linear_eval(cfg, run_dir: Optional[Path] = None) -> dict:
-    # ------------------------------------------------------------------ setup
+    """`linear_eval.py`: the encoder of cfg.pretrained evaluated by cfg's protocol; writes
+    linear_eval.json (and confusion_matrix.png) to the run directory."""
     validate(cfg)
     run_dir = Path(run_dir) if run_dir is not None else run_dir_of(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -277,19 +427,40 @@ def linear_eval(cfg, run_dir: Optional[Path] = None) -> dict:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True          # fixed image size: pick the fastest kernels
     t0 = time.perf_counter()
-
-    # ------------------------------------------------------------------ frozen encoder
     enc = load_encoder(cfg)
     log.info("encoder: %s", enc.describe)
     if enc.config is not None and enc.config.get("dataset", {}).get("name") != cfg.dataset.name:
         log.warning("the encoder was pretrained on %s; evaluating on dataset=%s",
                     enc.config.get("dataset", {}).get("name"), cfg.dataset.name)
-    backbone = enc.backbone.to(device).eval()
-    before = snapshot(backbone)
+    # transformed inputs and the invariance measure need sources that make views
+    views = cfg.inputs == "transformed" or cfg.invariance_images > 0
+    train_src = build_source(cfg, "train", device, augment=cfg.inputs == "transformed")
+    test_src = build_source(cfg, "test", device, augment=views)
+    result, classes = evaluate_encoder(enc.backbone.to(device), cfg, train_src, test_src, device)
+    result = {"checkpoint": str(enc.path) if enc.path is not None else "random",
+              "checkpoint_format": enc.format,
+              "backbone": {"name": enc.name, "width": enc.width, "stem": enc.stem}, **result,
+              "seconds": time.perf_counter() - t0, "code": code_version()}
+    (run_dir / "linear_eval.json").write_text(json.dumps(result, indent=2))
+    if result["task"] == "regression":
+        line = f"linear_eval: r2={result['r2']:.4f} (ridge, {result['checkpoint']})"
+    else:
+        # our own two protocols are named by their recipe (recipe=fast is protocol=fast)
+        name = cfg.recipe if cfg.protocol in ("standard", "fast") else cfg.protocol
+        confusion_png(result["confusion_matrix"], classes, run_dir / "confusion_matrix.png",
+                      f"{cfg.dataset.name} linear eval ({name}): top-1 {result['top1']:.2f}%")
+        line = (f"linear_eval: top1={result['top1']:.2f} top5={result['top5']:.2f} "
+                f"({name}, {result['checkpoint']})")
+    print(line, flush=True)
+    return result
 
-    # ------------------------------------------------------------------ data
-    train_src = build_source(cfg, "train", device)
-    test_src = build_source(cfg, "test", device)
+
+def evaluate_encoder(backbone: nn.Module, cfg, train_src, test_src, device):
+    """The protocol of cfg on an encoder (frozen unless cfg.finetune) and the two splits'
+    sources. Returns (the result dict of linear_eval.json, the class names). The training
+    loop calls this for eval.linear at the end of pretraining."""
+    backbone.eval()
+    before = None if cfg.finetune else snapshot(backbone)
     regression = train_src.task == "regression"
     train_index = torch.arange(len(train_src), device=device)
     if not regression:
@@ -298,55 +469,94 @@ def linear_eval(cfg, run_dir: Optional[Path] = None) -> dict:
             raise UserError(f"dataset {cfg.dataset.name} split '{cfg.dataset.train_split}' has no "
                             f"labelled images. Fix: dataset.train_split=train")
     test_index = torch.arange(len(test_src), device=device)
-    train_f = extract(backbone, train_src, train_index, cfg.batch_size, progress=cfg.progress,
-                      desc="train features")
-    test_f = extract(backbone, test_src, test_index, cfg.batch_size, progress=cfg.progress,
-                     desc="test features")
 
-    # ------------------------------------------------------------------ fit and score
-    result = {"checkpoint": str(enc.path) if enc.path is not None else "random",
-              "checkpoint_format": enc.format,
-              "backbone": {"name": enc.name, "width": enc.width, "stem": enc.stem},
-              "dataset": cfg.dataset.name, "num_train": len(train_index),
-              "num_test": len(test_index), "seed": cfg.seed}
+    def features(src, index, desc):
+        if cfg.inputs == "untransformed":
+            return extract(backbone, src, index, cfg.batch_size, progress=cfg.progress, desc=desc)
+        return averaged_features(backbone, src, index, cfg.batch_size, cfg.passes, cfg.seed)
+
+    # the SGD recipe needs the un-augmented training features only to standardise
+    needs_train_f = regression or cfg.recipe == "fast" or cfg.standardize
+    train_f = features(train_src, train_index, "train features") if needs_train_f else None
+    test_f = features(test_src, test_index, "test features")
+    result = {"protocol": cfg.protocol, "dataset": cfg.dataset.name, "num_train": len(train_index),
+              "num_test": len(test_index), "seed": cfg.seed, "finetune": bool(cfg.finetune)}
+    classes = []
+    result.update(inputs=cfg.inputs, passes=cfg.passes if cfg.inputs == "transformed" else None)
     if regression:
-        log.info("dataset=%s: ridge regression of the generative parameters (recipe=%s does "
-                 "not apply)", cfg.dataset.name, cfg.recipe)
-        predict = ridge_regression(train_f, train_src.targets.float(), cfg.ridge)
-        r2 = r2_scores(predict(test_f), test_src.targets.float()).tolist()
-        result.update(task="regression", recipe="ridge", epochs=None, ridge=cfg.ridge,
-                      r2=sum(r2) / len(r2), r2_per_parameter=dict(zip(SPIROGRAPH_PARAMS, r2)))
+        log.info("dataset=%s: %s regression of the generative parameters (recipe=%s does "
+                 "not apply)", cfg.dataset.name, cfg.regression, cfg.recipe)
+        targets = train_src.targets.float()
+        predict = (ridge_regression(train_f, targets, cfg.ridge) if cfg.regression == "ridge"
+                   else lbfgs_regression(train_f, targets, cfg.reg_weight, cfg.lbfgs_steps))
+        pred, truth = predict(test_f), test_src.targets.float()
+        r2 = r2_scores(pred, truth).tolist()
+        mse = ((pred - truth) ** 2).mean(0).tolist()
+        result.update(task="regression", recipe=cfg.regression, epochs=None, ridge=cfg.ridge,
+                      r2=sum(r2) / len(r2), r2_per_parameter=dict(zip(SPIROGRAPH_PARAMS, r2)),
+                      mse=sum(mse) / len(mse), mse_per_parameter=dict(zip(SPIROGRAPH_PARAMS, mse)))
     else:
         labels = train_src.labels[train_index]
         num_classes = cfg.dataset.num_classes or int(max(labels.max(), test_src.labels.max())) + 1
         if cfg.recipe == "fast":
-            clf = fit_fast(train_f, labels, num_classes, cfg.l2)
-            result.update(epochs=None, l2=cfg.l2, lbfgs_iterations=LBFGS_ITERATIONS)
+            clf = fit_fast(train_f, labels, num_classes, cfg.l2, cfg.lbfgs_max_iter,
+                           cfg.lbfgs_steps, cfg.lbfgs_line_search, cfg.standardize)
+            result.update(epochs=None, l2=cfg.l2, lbfgs_steps=cfg.lbfgs_steps,
+                          lbfgs_max_iter=cfg.lbfgs_max_iter, standardize=bool(cfg.standardize))
+            reported = None
         else:
-            fit = fit_standard(backbone, train_src, train_index, labels, num_classes,
-                               feature_stats(train_f), cfg, device)
+            stats = feature_stats(train_f) if cfg.standardize else _identity_stats(test_f)
+
+            def test_logits(clf):
+                f = features(test_src, test_index, "test features") if cfg.finetune else test_f
+                return clf(f), test_src.labels
+
+            fit = fit_sgd(backbone, train_src, train_index, labels, num_classes, stats, cfg,
+                          device, test_logits)
             clf = fit["classifier"]
+            if cfg.finetune:                    # the encoder has changed: its final features
+                test_f = features(test_src, test_index, "test features")
+            reported = reported_epoch(fit["history"], cfg.report)
             result.update(epochs=fit["epochs"], steps=fit["steps"], lr=cfg.lr,
                           momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                          batch_size=cfg.batch_size)
+                          batch_size=cfg.batch_size, schedule=cfg.schedule,
+                          report=cfg.report, history=fit["history"])
         with torch.no_grad():
             logits = clf(test_f)
         classes = list(test_src.classes) or [str(i) for i in range(num_classes)]
         classes += [str(i) for i in range(len(classes), num_classes)]
         result.update(task="classification", recipe=cfg.recipe,
                       **classification_scores(logits, test_src.labels, classes))
+        result["top1_last"] = result["top1"]
+        if reported is not None:            # the protocol's number (best epoch, ...)
+            scored = [r["test_top1"] for r in fit["history"] if "test_top1" in r]
+            result.update(top1=reported["test_top1"], top1_epoch=reported["epoch"],
+                          top1_best=max(scored))
+    if cfg.invariance_images:
+        from .invariance import measure_invariance
+        result["invariance"] = measure_invariance(backbone, test_src, cfg.invariance_images,
+                                                  cfg.invariance_samples, cfg.batch_size, cfg.seed)
+    if before is not None:
+        # the MoCo sanity check: a frozen encoder must come out exactly as it went in
+        assert_unchanged(backbone, before)
+    return result, classes
 
-    # ------------------------------------------------------------------ check and write
-    # the MoCo sanity check: the encoder must come out exactly as it went in
-    assert_unchanged(backbone, before)
-    result["seconds"] = time.perf_counter() - t0
-    (run_dir / "linear_eval.json").write_text(json.dumps(result, indent=2))
-    if regression:
-        line = f"linear_eval: r2={result['r2']:.4f} (ridge, {result['checkpoint']})"
-    else:
-        confusion_png(result["confusion_matrix"], classes, run_dir / "confusion_matrix.png",
-                      f"{cfg.dataset.name} linear eval ({cfg.recipe}): top-1 {result['top1']:.2f}%")
-        line = (f"linear_eval: top1={result['top1']:.2f} top5={result['top5']:.2f} "
-                f"({result['recipe']}, {result['checkpoint']})")
-    print(line, flush=True)
-    return result
+
+@torch.no_grad()
+def averaged_features(backbone: nn.Module, source, index: torch.Tensor, batch_size: int,
+                      passes: int, seed: int) -> torch.Tensor:
+    """Features [N, F] averaged over `passes` augmented views of each image (the invariance
+    reproduction's --num-passes feature averaging); BatchNorm in eval mode."""
+    was_training = backbone.training
+    backbone.eval()
+    g = torch.Generator(device=source.device).manual_seed(seed)
+    total = None
+    for _ in range(passes):
+        out = []
+        for i in range(0, len(index), batch_size):
+            views, *_ = source.views(index[i:i + batch_size], g)
+            out.append(backbone(views[0]).float())
+        f = torch.cat(out)
+        total = f if total is None else total + f
+    backbone.train(was_training)
+    return total / passes

@@ -1,4 +1,5 @@
-"""Run outputs: metrics.jsonl (one JSON object per epoch) and TensorBoard scalars.
+"""Run outputs: metrics.jsonl (one JSON object per epoch), TensorBoard scalars and,
+with wandb=true, the same scalars and figures in Weights & Biases.
 
 The history of rows also travels inside each checkpoint, so that a resumed
 run rewrites metrics.jsonl to exactly what the checkpoint had seen: no
@@ -10,12 +11,47 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 
+class WandbRun:
+    """A Weights & Biases run in the run directory (`WANDB_MODE=offline` writes it under
+    <run dir>/wandb/ for `wandb sync` later). Its id is kept in <run dir>/wandb_run_id, so
+    a resumed run continues the same W&B run. Every scalar is logged against the training
+    step as the metric `trainer/step` (not W&B's own step, which may not go back after a
+    resume from an earlier checkpoint)."""
+
+    ID_FILE = "wandb_run_id"
+
+    def __init__(self, run_dir: Path, config: dict, project: str, entity: Optional[str],
+                 name: Optional[str]):
+        import wandb
+        run_dir = Path(run_dir)
+        id_file = run_dir / self.ID_FILE
+        import secrets
+        run_id = id_file.read_text().strip() if id_file.exists() else secrets.token_hex(4)
+        id_file.write_text(run_id)
+        self.wandb = wandb
+        self.run = wandb.init(project=project, entity=entity, name=name or run_dir.name,
+                              id=run_id, resume="allow", dir=str(run_dir), config=config)
+        self.run.define_metric("trainer/step")
+        self.run.define_metric("*", step_metric="trainer/step")
+
+    def log(self, values: Dict[str, float], step: int) -> None:
+        self.run.log({"trainer/step": step, **values})
+
+    def image(self, name: str, path: Path, step: int) -> None:
+        self.run.log({"trainer/step": step, name: self.wandb.Image(str(path))})
+
+    def close(self) -> None:
+        self.run.finish()
+
+
 class MetricsLog:
-    def __init__(self, run_dir: Path, tensorboard: bool, enabled: bool = True):
+    def __init__(self, run_dir: Path, tensorboard: bool, enabled: bool = True,
+                 wandb: Optional[WandbRun] = None):
         self.path = Path(run_dir) / "metrics.jsonl"
         self.rows: List[dict] = []
         self.enabled = enabled
         self.tb = None
+        self.wandb = wandb if enabled else None
         if enabled and tensorboard:
             from torch.utils.tensorboard import SummaryWriter
             self.tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
@@ -34,19 +70,33 @@ class MetricsLog:
             return
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
+        scalars = {f"epoch/{k}": v for k, v in row.items()
+                   if k not in ("epoch", "step") and isinstance(v, (int, float))
+                   and not isinstance(v, bool)}
         if self.tb is not None:
-            for k, v in row.items():
-                if k not in ("epoch", "step") and isinstance(v, (int, float)):
-                    self.tb.add_scalar(f"epoch/{k}", v, row["step"])
+            for k, v in scalars.items():
+                self.tb.add_scalar(k, v, row["step"])
             self.tb.flush()
+        if self.wandb is not None:
+            self.wandb.log({**scalars, "epoch": row["epoch"]}, row["step"])
 
-    def scalar(self, name: str, value: float, step: int) -> None:
+    def scalars(self, values: Dict[str, float], step: int) -> None:
         if self.tb is not None:
-            self.tb.add_scalar(name, value, step)
+            for name, value in values.items():
+                self.tb.add_scalar(name, value, step)
+        if self.wandb is not None:
+            self.wandb.log(values, step)
+
+    def image(self, name: str, path: Path, step: int) -> None:
+        """A figure of the run (tsne.png, curves.png): to W&B (TensorBoard reads the PNGs)."""
+        if self.wandb is not None and Path(path).exists():
+            self.wandb.image(name, path, step)
 
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+        if self.wandb is not None:
+            self.wandb.close()
 
 
 def read_metrics(path: Path) -> List[dict]:

@@ -1,4 +1,4 @@
-"""Encoders and heads: torchvision ResNets with small-image stems, projection MLPs.
+"""Encoders and heads: ResNets with small-image stems, projection MLPs.
 
 `build_backbone` returns a ResNet whose `forward` gives the pooled feature
 vector [B, F] (fc removed), with
@@ -7,19 +7,75 @@ vector [B, F] (fc removed), with
 - the STL stem (3x3 stride-1 conv1 followed by the max-pool) for up to 128 px;
 - torchvision's ImageNet stem (7x7 stride-2 conv1 + max-pool) above that.
 `width` scales every stage (64 is the standard ResNet: stages 64-128-256-512).
+
+The ResNet is written here rather than imported from torchvision: importing
+`torchvision.models` also imports `torchvision.ops` and with it torch's compiler
+(2.6 s on a 2-core CPU, every time a command starts). Ours has torchvision's module
+names (so its state dicts load both ways), builds its modules in torchvision's order
+and initialises them as torchvision does, so a seed gives the same weights
+(`tests/test_models.py` compares it with torchvision's ResNet).
 """
 from typing import Optional
 
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torchvision.models import resnet
+
+
+def _conv(cin: int, cout: int, k: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, kernel_size=k, stride=stride, padding=k // 2, bias=False)
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions and a shortcut (ResNet-18/34): [B, cin, H, W] -> [B, planes, H/s, W/s]."""
+    expansion = 1
+
+    def __init__(self, cin: int, planes: int, stride: int = 1,
+                 downsample: Optional[nn.Module] = None):
+        super().__init__()
+        self.conv1 = _conv(cin, planes, 3, stride)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = _conv(planes, planes, 3)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = downsample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        out += x if self.downsample is None else self.downsample(x)
+        return self.relu(out)
+
+
+class Bottleneck(nn.Module):
+    """1x1, 3x3 (strided), 1x1 convolutions and a shortcut (ResNet-50, torchvision's
+    "v1.5": the stride sits on the 3x3): [B, cin, H, W] -> [B, 4 planes, H/s, W/s]."""
+    expansion = 4
+
+    def __init__(self, cin: int, planes: int, stride: int = 1,
+                 downsample: Optional[nn.Module] = None):
+        super().__init__()
+        self.conv1 = _conv(cin, planes, 1)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = _conv(planes, planes, 3, stride)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = _conv(planes, planes * 4, 1)
+        self.bn3 = nn.BatchNorm2d(planes * 4)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        out += x if self.downsample is None else self.downsample(x)
+        return self.relu(out)
 
 
 _BLOCKS = {
-    "resnet18": (resnet.BasicBlock, [2, 2, 2, 2]),
-    "resnet34": (resnet.BasicBlock, [3, 4, 6, 3]),
-    "resnet50": (resnet.Bottleneck, [3, 4, 6, 3]),
+    "resnet18": (BasicBlock, [2, 2, 2, 2]),
+    "resnet34": (BasicBlock, [3, 4, 6, 3]),
+    "resnet50": (Bottleneck, [3, 4, 6, 3]),
 }
 
 
@@ -31,30 +87,26 @@ def resolve_stem(stem: str, image_size: int) -> str:
     return "stl" if image_size <= 128 else "imagenet"
 
 
-class _WidthResNet(resnet.ResNet):
-    """torchvision's ResNet with every stage width scaled by width/64."""
+class ResNet(nn.Module):
+    """A ResNet with every stage width scaled by width/64; forward: [B, 3, S, S] -> [B, F]."""
 
     def __init__(self, block, layers, width: int):
-        # torchvision hard-codes 64-128-256-512; build with inplanes=width by
-        # temporarily setting the attribute its _make_layer reads.
-        nn.Module.__init__(self)
-        self._norm_layer = nn.BatchNorm2d
-        self.inplanes = width
-        self.dilation = 1
-        self.groups = 1
-        self.base_width = 64       # bottleneck's inner width rule: planes * base_width/64
+        super().__init__()
         self.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        self.layer1 = self._make_layer(block, width, layers[0])
-        self.layer2 = self._make_layer(block, width * 2, layers[1], stride=2)
-        self.layer3 = self._make_layer(block, width * 4, layers[2], stride=2)
-        self.layer4 = self._make_layer(block, width * 8, layers[3], stride=2)
+        self._cin = width
+        self.layer1 = self._make_layer(block, width, layers[0], 1)
+        self.layer2 = self._make_layer(block, width * 2, layers[1], 2)
+        self.layer3 = self._make_layer(block, width * 4, layers[2], 2)
+        self.layer4 = self._make_layer(block, width * 8, layers[3], 2)
+        del self._cin
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Identity()    # the encoder ends at the pooled features
         self.num_features = width * 8 * block.expansion
-        # torchvision's initialisation (He normal for convs, BN weight 1 / bias 0)
+        # torchvision's initialisation (He normal for convs, BN weight 1 / bias 0), drawn
+        # after construction in module order, as torchvision draws it
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -62,13 +114,28 @@ class _WidthResNet(resnet.ResNet):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
+    def _make_layer(self, block, planes: int, blocks: int, stride: int) -> nn.Sequential:
+        cout = planes * block.expansion
+        downsample = None
+        if stride != 1 or self._cin != cout:   # built before the block, as torchvision does
+            downsample = nn.Sequential(_conv(self._cin, cout, 1, stride), nn.BatchNorm2d(cout))
+        layers = [block(self._cin, planes, stride, downsample)]
+        self._cin = cout
+        layers += [block(cout, planes) for _ in range(1, blocks)]
+        return nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
 
 def build_backbone(name: str, width: int, stem: str, image_size: int) -> nn.Module:
     """A ResNet encoder: images [B, 3, S, S] -> features [B, num_features]."""
     if name not in _BLOCKS:
         raise ValueError(f"backbone.name={name!r} is not one of {sorted(_BLOCKS)}")
     block, layers = _BLOCKS[name]
-    net = _WidthResNet(block, layers, width)
+    net = ResNet(block, layers, width)
     stem = resolve_stem(stem, image_size)
     if stem in ("cifar", "stl"):
         net.conv1 = nn.Conv2d(3, width, kernel_size=3, stride=1, padding=1, bias=False)

@@ -22,7 +22,8 @@ class LARS(torch.optim.Optimizer):
             d = (g + wd * p) * r
         else: d = g                              (no weight decay, no scaling)
     `torchlars` (torchlars, which the invariance-by-gradient reproduction wraps around SGD):
-        as `solo`, on every parameter (biases and BatchNorm too), without clipping.
+        as `solo`, on every parameter (biases and BatchNorm too), without clipping, and
+        with r = 1 (weight decay still added) when a norm is 0.
     then, for all:
         mu = m * mu + d                          (mu starts at 0, so the first mu is d)
         p  = p - lr * mu
@@ -59,8 +60,10 @@ class LARS(torch.optim.Optimizer):
         r = eta * p_norm / (g_norm + wd * p_norm + group["eps"])
         if group["clip_lr"] and group["lr"] > 0:
             r = torch.clamp(r / group["lr"], max=1.0)
-        # without a usable ratio: the plain gradient (no weight decay), as solo-learn's LARS
-        return torch.where(ok, g.add(p, alpha=wd) * r, g)
+        # without a usable ratio: solo-learn's LARS takes the plain gradient (no weight decay),
+        # torchlars a ratio of 1 (weight decay still added)
+        fallback = g.add(p, alpha=wd) if variant == "torchlars" else g
+        return torch.where(ok, g.add(p, alpha=wd) * r, fallback)
 
     @torch.no_grad()
     def step(self, closure=None):

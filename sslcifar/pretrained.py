@@ -18,12 +18,18 @@ one extra class allowed). Besides ours, these layouts load:
     SupContrast    {"model": {"encoder.conv1.weight" | "encoder.module.conv1.weight",
                               "encoder.layer2.0.shortcut.0.weight", "head.0.weight", ...}}
     SimCLR-CIFAR10 {"enc.conv1.weight", ..., "projector.0.weight"}
+    solo-learn     Lightning: {"state_dict": {"backbone.conv1.weight", "momentum_backbone.*",
+                              "projector.*", "classifier.*", ...}, "epoch", "global_step", ...}
+    lightly        Lightning: {"state_dict": {"backbone.0.weight", "backbone.2.0.conv1.weight",
+                              ..., "projection_head.*"}}: an nn.Sequential of a ResNet's children
     torchvision    {"conv1.weight", ..., "fc.weight"}
 
 Keys are mapped by three small rule lists (`STRIP`, `DROP`, `RENAME`): leading
 wrapper prefixes are stripped one after another, keys of the parts that are not
 the query encoder (key/momentum encoders, heads, queues) are dropped, and
-SupContrast's `shortcut` becomes torchvision's `downsample`. The architecture
+SupContrast's `shortcut` becomes torchvision's `downsample`. An encoder stored as an
+nn.Sequential of a ResNet's children (lightly) has its numbered keys renamed to the
+children's names. The architecture
 of a foreign file is read from its keys: width from conv1's output channels,
 stem from conv1's kernel (7 = ImageNet stem, 3 = CIFAR/STL stem), depth from
 the number of blocks per stage. Anything that still does not fit is a
@@ -50,7 +56,12 @@ log = logging.getLogger("sslcifar")
 STRIP = ("module.", "encoder_q.", "base_encoder.", "encoder.", "backbone.", "enc.", "model.")
 # Parts that are not the encoder we evaluate: dropped wherever they appear in the prefix chain.
 DROP = ("encoder_k.", "momentum_encoder.", "backbone_k.", "projector.", "predictor.", "head.",
-        "fc.", "queue")
+        "fc.", "queue",
+        # ours (BYOL's target, MoCo v3's momentum encoder) and solo-learn's / lightly's heads
+        "backbone_t.", "projector_t.", "projector_k.", "criterion.",
+        "momentum_backbone.", "momentum_projector.", "momentum_head.", "momentum_classifier.",
+        "classifier.", "prototypes.", "dino_loss_func.", "backbone_momentum.",
+        "projection_head", "prediction_head", "teacher_", "online_classifier.")
 # (pattern, replacement) applied once the prefixes are gone
 RENAME = ((re.compile(r"\.shortcut\."), ".downsample."),)
 
@@ -183,6 +194,7 @@ def load_checkpoint(path: Path, name: str = "resnet18", stem: str = "auto",
     path = Path(path)
     with torch.serialization.safe_globals([argparse.Namespace]):
         state = ckpt.load(path)
+    stem_relu = True
     config = state.get("config") if isinstance(state.get("config"), dict) else None
     if config is not None and isinstance(state.get("model"), dict):
         sd, fmt = _ours(state["model"]), "sslcifar"
@@ -193,8 +205,14 @@ def load_checkpoint(path: Path, name: str = "resnet18", stem: str = "auto",
         raw = _state_dict_of(state, path)
         fmt = _format_of(raw)
         sd = encoder_state_dict(raw)
+        layout = _sequential_layout(sd)
+        if layout is not None:
+            sd = _renumbered(sd, layout)
+            stem_relu = layout != "lightly"
         name, width, stem = infer_architecture(sd, path, name, stem, image_size)
     net = build_backbone(name, width, stem, image_size)
+    if not stem_relu:           # evaluated as it was trained: no ReLU after the stem's BN
+        net.relu = nn.Identity()
     load_backbone_weights(net, sd, path, f"a {name} (width {width}, {stem} stem)")
     log.info("loaded %s encoder %s (width %d, %s stem) from %s", fmt, name, width, stem, path)
     return _freeze(Pretrained(net, path, fmt, name, width, stem, config))
@@ -218,8 +236,35 @@ def _state_dict_of(state: dict, path: Path) -> Dict[str, torch.Tensor]:
     return sd
 
 
+# the children of a ResNet kept by an nn.Sequential, by position: torchvision's
+# (conv1, bn1, relu, maxpool, layer1-4) and lightly's ResNetGenerator (conv1, bn1, layer1-4;
+# its forward applies the stem's ReLU functionally, so such a Sequential has none)
+SEQUENTIAL_CHILDREN = {
+    "torchvision": ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"),
+    "lightly": ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4"),
+}
+
+
+def _sequential_layout(sd: Dict[str, torch.Tensor]) -> Optional[str]:
+    """'torchvision' / 'lightly' when the encoder's keys are numbered children, else None."""
+    if not sd or not all(re.match(r"\d+\.", k) for k in sd):
+        return None
+    last = max(int(k.split(".")[0]) for k in sd)
+    return "torchvision" if last == 7 else "lightly" if last == 5 else None
+
+
+def _renumbered(sd: Dict[str, torch.Tensor], layout: str) -> Dict[str, torch.Tensor]:
+    names = SEQUENTIAL_CHILDREN[layout]
+    return {names[int(k.split(".")[0])] + k[k.index("."):]: v for k, v in sd.items()}
+
+
 def _format_of(sd: Dict[str, torch.Tensor]) -> str:
     keys = list(sd)
+    if any(k.startswith(("momentum_backbone.", "classifier.")) for k in keys) and \
+            any(k.startswith("backbone.") for k in keys):
+        return "solo-learn"
+    if any(re.match(r"backbone\.\d+\.", k) for k in keys):
+        return "lightly"
     for marker, fmt in (("encoder_q.", "moco"), ("base_encoder.", "sogclr"),
                         ("encoder.", "supcontrast"), ("enc.", "simclr-cifar10")):
         if any(k.startswith(marker) or f".{marker}" in k for k in keys):

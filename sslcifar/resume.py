@@ -16,9 +16,10 @@ from .errors import UserError
 
 # how the run is watched, where its files are, how long it goes on this time: may change
 MAY_DIFFER = {"resume", "run_dir", "max_steps", "progress", "log_every", "tensorboard",
-              "checkpoint_every", "device", "compile", "dataset.root", "dataset.download",
+              "wandb", "wandb_project", "wandb_entity", "wandb_name",
+              "checkpoint_every", "device", "compile", "compile_mode", "augment.compile", "dataset.root", "dataset.download",
               "dataset.num_workers", "dataset.placement", "eval.knn_every", "eval.tsne",
-              "eval.tsne_points"}
+              "eval.tsne_points", "eval.linear"}
 # the remedies for a diverged run (continue from its last good checkpoint with a lower
 # learning rate, or in fp32): may change, with a warning in the log
 MAY_DIFFER_WITH_WARNING = {"optimizer.lr", "precision"}

@@ -31,13 +31,14 @@ from .data.sources import build_source
 from .errors import UserError
 from .knn import knn_evaluate
 from .methods import build_method
-from .metrics import MetricsLog, epoch_row, new_meters
+from .metrics import MetricsLog, WandbRun, epoch_row, new_meters
 from .models import resolve_stem
 from .optim import build_optimizer, scaled_lr
 from .probe import OnlineProbe
 from .resume import StopRequest, check_same_config, current_overrides, requeued
 from .schedule import lr_schedule, warmup_cosine
 from .validate import check_disk_space, check_writable, validate_config, validate_data
+from .version import code_version
 
 log = logging.getLogger("sslcifar")
 
@@ -106,7 +107,7 @@ def train(cfg) -> Dict[str, float]:
         model = nn.parallel.DistributedDataParallel(
             method, device_ids=[device.index] if device.type == "cuda" else None,
             broadcast_buffers=False)
-    step_fn = torch.compile(model) if cfg.compile else model
+    step_fn = torch.compile(model, mode=cfg.compile_mode) if cfg.compile else model
 
     # ------------------------------------------------------------------ optimisation
     o = cfg.optimizer
@@ -133,7 +134,12 @@ def train(cfg) -> Dict[str, float]:
                 else nullcontext())
 
     # ------------------------------------------------------------------ resume
-    metrics = MetricsLog(run_dir, cfg.tensorboard, enabled=is_main)
+    wandb_run = None
+    if cfg.wandb and is_main:
+        wandb_run = WandbRun(run_dir, {**as_dict(cfg), "overrides": current_overrides(),
+                                       "code": code_version()},
+                             cfg.wandb_project, cfg.wandb_entity, cfg.wandb_name)
+    metrics = MetricsLog(run_dir, cfg.tensorboard, enabled=is_main, wandb=wandb_run)
     step, meters = 0, new_meters(device)
     if cfg.resume or requeued():
         state, path = ckpt.load_latest(ckpt_dir, map_location=device)
@@ -216,8 +222,7 @@ def train(cfg) -> Dict[str, float]:
                 if bar is not None:
                     bar.update(len(pending) * cfg.batch_size)
                     bar.set_postfix(loss=f"{pending[-1].item():.4f}", lr=f"{lrs[step - 1]:.4g}")
-                metrics.scalar("train/loss", pending[-1].item(), step)
-                metrics.scalar("train/lr", lrs[step - 1], step)
+                metrics.scalars({"train/loss": pending[-1].item(), "train/lr": lrs[step - 1]}, step)
                 pending = []
             if stopping:
                 if is_main:     # all ranks stop at this step; one line says so
@@ -254,16 +259,27 @@ def train(cfg) -> Dict[str, float]:
                 ckpt.atomic_save(snapshot(), ckpt_dir / f"epoch_{epoch + 1}.pt")
 
     # ------------------------------------------------------------------ final
+    if is_main and cfg.eval.linear and metrics.rows:
+        # the post-pretraining linear evaluation: into the last row and done.json
+        linear = _linear(cfg, method, train_src, test_src, device)
+        metrics.rows[-1].update(linear)
+        metrics.restore(metrics.rows)
+        metrics.scalars({f"epoch/{k}": v for k, v in linear.items() if isinstance(v, float)}, step)
+        log.info("linear evaluation (%s): %s", cfg.eval.linear,
+                 " ".join(f"{k}={v:.4g}" for k, v in linear.items() if isinstance(v, float)))
     final = {k: v for k, v in metrics.rows[-1].items()} if metrics.rows else {"step": step}
     final["finished"] = step >= total_steps
     if is_main:
+        final["code"] = code_version()
         if step >= total_steps:
             done_file.write_text(json.dumps(final))
         else:       # max_steps: the report shows it stopped, not running; resume continues
             (run_dir / STOPPED).write_text(json.dumps({"step": step, "reason": "max_steps"}))
         _figures(cfg, run_dir, method, test_src)
+        for name in ("curves", "tsne"):
+            metrics.image(name, run_dir / f"{name}.png", step)
         summary = " ".join(f"{k}={v:.4f}" for k, v in final.items()
-                           if k.startswith(("knn", "online", "test", "loss")) and isinstance(v, float))
+                           if k.startswith(("knn", "online", "test", "loss", "linear")) and isinstance(v, float))
         print(f"final: {summary} (run dir {run_dir})", flush=True)
     metrics.close()
     dist.shutdown()
@@ -304,7 +320,8 @@ def _check_finite(pending, step, steps_per_epoch, ckpt_dir) -> None:
             bad = step - len(values) + i + 1
             raise Diverged(f"loss is {v} at epoch {(bad - 1) // steps_per_epoch} step {bad}: "
                            f"training stopped; the last good checkpoint is kept in {ckpt_dir}. "
-                           f"Fix: lower optimizer.lr, raise loss.temperature or use precision=fp32")
+                           f"Fix: lower optimizer.lr or lengthen scheduler.warmup_epochs (a "
+                           f"contrastive loss: raise loss.temperature), or use precision=fp32")
 
 
 def _knn(cfg, method, train_src, test_src, is_main) -> dict:
@@ -317,6 +334,22 @@ def _knn(cfg, method, train_src, test_src, is_main) -> dict:
     if hasattr(method, "evaluate"):
         row.update(method.evaluate(test_src))
     return row
+
+
+def _linear(cfg, method, train_src, test_src, device) -> dict:
+    """eval.linear: the protocol's linear evaluation of the backbone (a copy when the
+    protocol fine-tunes), on the run's own training and test splits."""
+    import copy
+    from .linear_eval import evaluate_encoder, protocol_config
+    pcfg = protocol_config(cfg.eval.linear, cfg)
+    backbone = copy.deepcopy(method.backbone) if pcfg.finetune else method.backbone
+    was_training = backbone.training
+    result, _ = evaluate_encoder(backbone, pcfg, train_src, test_src, device)
+    method.backbone.train(was_training)
+    if result["task"] == "regression":
+        return {"linear_r2": result["r2"], "linear_protocol": cfg.eval.linear}
+    return {"linear_top1": result["top1"], "linear_top5": result["top5"],
+            "linear_protocol": cfg.eval.linear}
 
 
 def _figures(cfg, run_dir, method, test_src) -> None:

@@ -16,15 +16,20 @@ from .methods import METHODS
 CHOICES = {
     "device": ("auto", "cpu", "cuda"),
     "precision": ("auto", "fp32", "bf16", "fp16"),
+    "compile_mode": ("default", "reduce-overhead", "max-autotune"),
     "optimizer.name": ("sgd", "lars", "adamw"),
     "optimizer.lr_scaling": ("none", "linear", "sqrt"),
     "optimizer.lars_variant": ("sogclr", "solo", "torchlars"),
     "scheduler.name": ("cosine", "constant"),
-    "dataset.pipeline": ("device", "torchvision"),
+    "dataset.pipeline": ("auto", "device", "stream", "torchvision"),
+    "dataset.decode": ("cpu", "cuda"),
     "dataset.placement": ("auto", "device", "host"),
+    "dataset.subset_mode": ("first", "stratified"),
     "augment.interpolation": ("bilinear", "bicubic"),
+    "augment.jitter_mode": ("torchvision", "invclr"),
     "backbone.stem": ("auto", "cifar", "stl", "imagenet"),
 }
+CONF = Path(__file__).resolve().parents[1] / "conf"
 # the stride of each stem x the 8x of the ResNet stages: the smallest image it takes
 MIN_SIZE = {"cifar": 8, "stl": 16, "imagenet": 32}
 
@@ -72,13 +77,28 @@ def validate_config(cfg) -> None:
         _require(0 < lo <= hi, f"augment.{key}", list(cfg.augment[key]), "needs 0 < low <= high")
     _require(cfg.augment.small_crops >= 0, "augment.small_crops", cfg.augment.small_crops,
              "needs >= 0 (0 = no small crops)")
+    from .data.folders import FOLDER_DATASETS
+    _require(cfg.dataset.pipeline != "stream" or cfg.dataset.name in FOLDER_DATASETS,
+             "dataset.pipeline", "stream", f"streams image folders ({', '.join(FOLDER_DATASETS)}); "
+             f"{cfg.dataset.name} is read into memory: use auto or device")
+    protocols = sorted(p.stem for p in (CONF / "protocol").glob("*.yaml"))
+    _require(cfg.eval.linear is None or cfg.eval.linear in protocols, "eval.linear",
+             cfg.eval.linear, "use one of " + ", ".join(protocols) + " or null")
     if cfg.dataset.name == "spirograph":
-        _require(cfg.augment.small_crops == 0 and all(g.size is None for g in cfg.augment.groups),
-                 "augment", "small crops", "Spirograph renders every view at 32 px: use "
-                 "augment.small_crops=0 and no group size")
+        _require(cfg.dataset.subset_mode == "first", "dataset.subset_mode",
+                 cfg.dataset.subset_mode, "Spirograph has no classes: use first")
+        _require(cfg.augment.small_crops == 0, "augment.small_crops", cfg.augment.small_crops,
+                 "Spirograph renders every view at 32 px (use 0)")
+        _require(all(g.size is None for g in cfg.augment.groups), "augment.groups.N.size",
+                 [g.size for g in cfg.augment.groups], "Spirograph renders every view at 32 px "
+                 "(leave the group sizes null)")
         sizes = [32] * sum(g.count for g in cfg.augment.groups)
     else:
-        sizes = view_sizes(view_specs(cfg.augment, cfg.dataset))
+        specs = view_specs(cfg.augment, cfg.dataset)
+        sizes = view_sizes(specs)
+        _require(cfg.dataset.pipeline != "torchvision" or all(s.jitter_mode == "torchvision" for s in specs),
+                 "augment.jitter_mode", "invclr", "pipeline=torchvision has torchvision's jitter "
+                 "only: use dataset.pipeline=device")
     from .models import resolve_stem
     stem = resolve_stem(cfg.backbone.stem, cfg.dataset.size)
     for key, size in [("dataset.size", cfg.dataset.size)] + [("view size", s) for s in sizes]:
@@ -94,6 +114,12 @@ def validate_config(cfg) -> None:
              "needs > 0")
     _require(cfg.eval.knn_every >= 0, "eval.knn_every", cfg.eval.knn_every,
              "needs >= 0 (0 = only at the end)")
+    if cfg.wandb:
+        try:
+            import wandb  # noqa: F401
+        except ImportError:
+            raise UserError("wandb=true needs the wandb package, which is not installed. Fix: "
+                            "pip install -e '.[wandb]' (or wandb=false)") from None
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise UserError("device=cuda is not allowed: no CUDA device is visible. "
                         "Fix: device=auto or device=cpu")

@@ -164,3 +164,16 @@ def test_imagefolder_without_a_test_folder(tmp_path, caplog):
     assert len(load_imagefolder(str(tmp_path / "split"), "train", size=8)) == 4
     with pytest.raises(UserError, match="has a train/ folder but no test/ folder"):
         load_imagefolder(str(tmp_path / "split"), "test", size=8)
+
+
+def test_a_stratified_subset_has_the_same_number_of_images_per_class(cifar_root):
+    data = load_cifar("cifar10", str(cifar_root), "train", download=False)
+    sub = data.stratified(53)                                # 5 per class, 3 classes get 6
+    counts = torch.bincount(sub.labels, minlength=10)
+    assert len(sub) == 53 and counts.tolist() == [6, 6, 6] + [5] * 7
+    first = {c: (data.labels == c).nonzero()[:counts[c]].squeeze(1) for c in range(10)}
+    expected = torch.cat(list(first.values())).sort().values     # each class's first images, in order
+    assert torch.equal(sub.images, data.images[expected])
+    from sslcifar.errors import UserError
+    with pytest.raises(UserError, match="subset_mode=stratified needs"):
+        data.first(30).stratified(29)

@@ -41,21 +41,50 @@ def _inputs(num_views=2):
     return views, index, labels
 
 
+def _spirograph_batch(sl):
+    """Spirograph views of B images with their nuisance parameters, replay and fresh draws
+    (what method=invclr needs), in float64, sliced to one rank's images."""
+    from sslcifar.data import spirograph
+    from sslcifar.data.batch import Nuisance
+    g = torch.Generator().manual_seed(0)
+    data = spirograph.sample_data_params(B, g).double()
+    nuisance = [spirograph.sample_nuisance_params(B, g).double() for _ in range(2)]
+    render = lambda d, q: (spirograph.render(d, q) - 0.5) / 0.5  # noqa: E731
+    mine = data[sl]
+    views = [render(mine, q[sl]) for q in nuisance]
+
+    def draw(v, m, n, gen):
+        return spirograph.sample_nuisance_params(m * n, gen).double().view(m, n, -1)
+    return Batch(views, torch.arange(B)[sl], torch.zeros(B, dtype=torch.long)[sl],
+                 [{"nuisance": q[sl]} for q in nuisance],
+                 lambda v, q: render(mine, q["nuisance"]), Nuisance("nuisance", draw))
+
+
+def _batch(method, sl):
+    if method == "invclr":
+        return _spirograph_batch(sl)
+    views, index, labels = _inputs()
+    return Batch([v[sl] for v in views], index[sl], labels[sl])
+
+
 def _model(method: str):
     primary = "moco" if method == "moco" else "simclr"
-    over = [f"method={method}", "backbone.width=4", "dataset.size=16"]
+    size = 32 if method == "invclr" else 16           # Spirograph renders 32 px
+    over = [f"method={method}", "backbone.width=4", f"dataset.size={size}"]
     over += ["method.queue_size=24", "method.bn_splits=2"] if method == "moco" else []
+    # the penalty below its clamp, so its gradient (a double backward) is in the comparison
+    over += ["method.gp_upper_limit=1000", "method.gp_samples=5"] if method == "invclr" else []
     cfg = compose_cfg(primary, over)
     torch.manual_seed(0)
     return build_method(cfg, num_train=B, num_classes=3).double()
 
 
-def _step(model, views, index, labels, steps=1):
+def _step(model, batch, steps=1):
     """One or more SGD steps; returns (first loss, grads of the first step, model)."""
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
     loss0, grads0 = None, None
     for s in range(steps):
-        out = model(Batch(views, index, labels))
+        out = model(batch)
         opt.zero_grad()
         out["loss"].backward()
         if s == 0:
@@ -73,10 +102,8 @@ def _worker(rank, world, port, method, steps, out_dir):
     model = _model(method)
     model.eval() if method != "moco" else model.train()
     ddp = torch.nn.parallel.DistributedDataParallel(model, broadcast_buffers=False)
-    views, index, labels = _inputs()
     b = B // world
-    sl = slice(rank * b, (rank + 1) * b)
-    loss, grads = _step(ddp, [v[sl] for v in views], index[sl], labels[sl], steps)
+    loss, grads = _step(ddp, _batch(method, slice(rank * b, (rank + 1) * b)), steps)
     grads = {n.removeprefix("module."): g for n, g in grads.items()}
     torch.save({"loss": loss, "grads": grads, "buffers": dict(model.named_buffers())},
                os.path.join(out_dir, f"rank{rank}.pt"))
@@ -88,16 +115,24 @@ def _spawn(method, tmp_path, steps=1):
     return [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
 
 
-@pytest.mark.parametrize("method", ["simclr", "supcon", "sogclr"])
+@pytest.mark.parametrize("method", ["simclr", "supcon", "sogclr", "byol", "simsiam", "barlow_twins",
+                                    "vicreg", "mocov3", "dino", "swav", "invclr"])
 def test_two_ranks_equal_one_process_with_the_whole_batch(tmp_path, method):
+    """Barlow Twins' cross-correlation and VICReg's variance and covariance need the global
+    batch, with gradients reaching every rank: a plain all_reduce of c (solo-learn, lightly)
+    would give gradients 1/world too small, and this would fail."""
     ranks = _spawn(method, tmp_path)
     model = _model(method).eval()
-    loss, grads = _step(model, *_inputs())
+    loss, grads = _step(model, _batch(method, slice(0, B)))
     for r in ranks:
         torch.testing.assert_close(r["loss"], loss, atol=1e-10, rtol=1e-10)
         assert r["grads"].keys() == grads.keys()
         for n in grads:
             torch.testing.assert_close(r["grads"][n], grads[n], atol=1e-10, rtol=1e-8, msg=n)
+    if method == "dino":       # the centre: from the global batch's teacher output
+        centre = dict(model.named_buffers())["criterion.center"]
+        for r in ranks:
+            torch.testing.assert_close(r["buffers"]["criterion.center"], centre, rtol=1e-12, atol=1e-15)
     if method == "sogclr":
         # the ranks compute u from the same gathered batch: identical by construction;
         # against one process the float64 sums run in another order, so they agree to

@@ -24,7 +24,7 @@ def _user_error(proc):
     ("loss=supcon", "loss=supcon is not allowed: method=simclr trains with loss=nt_xent"),
     ("precision=fp16", "precision=fp16 is not allowed on CPU"),
     ("augment.crop_scale=[0.5,0.1]", "augment.crop_scale=[0.5, 0.1] is not allowed"),
-    ("dataset.pipeline=dali", "dataset.pipeline=dali is not allowed: use one of device, torchvision"),
+    ("dataset.pipeline=dali", "dataset.pipeline=dali is not allowed: use one of auto, device, stream, torchvision"),
     ("batch_size=5000", "batch_size=5000 is not allowed: the training split has only 64 images"),
     ("eval.knn_k=0", "eval.knn_k=0 is not allowed: needs >= 1 neighbour"),
     ("log_every=0", "log_every=0 is not allowed: needs >= 1"),

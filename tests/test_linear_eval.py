@@ -125,7 +125,7 @@ def test_standard_recipe_leaves_the_encoder_bit_identical_and_learns(cifar_root)
     src = build_source(cfg, "train", torch.device("cpu"))
     index = torch.arange(len(src))
     feats = le.extract(net, src, index, 64)
-    fit = le.fit_standard(net, src, index, src.labels, 10, le.feature_stats(feats), cfg,
+    fit = le.fit_sgd(net, src, index, src.labels, 10, le.feature_stats(feats), cfg,
                           torch.device("cpu"))
     le.assert_unchanged(net, before)
     for k, v in net.state_dict().items():                # and once more, spelled out
@@ -144,7 +144,7 @@ def test_max_steps_weight_decay_and_seed_of_the_standard_recipe(cifar_root):
         src = build_source(cfg, "train", torch.device("cpu"))
         index = torch.arange(len(src))
         stats = le.feature_stats(le.extract(net, src, index, 64))
-        return le.fit_standard(net, src, index, src.labels, 10, stats, cfg, torch.device("cpu"))
+        return le.fit_sgd(net, src, index, src.labels, 10, stats, cfg, torch.device("cpu"))
     a = fit("max_steps=6")
     assert a["steps"] == 6 and a["epochs"] == 1.5           # stops mid-epoch
     same = fit("max_steps=6", "progress=true")
@@ -158,13 +158,13 @@ def test_max_steps_weight_decay_and_seed_of_the_standard_recipe(cifar_root):
 
 def test_a_changed_encoder_fails_the_run_loudly(cifar_root, tmp_path, monkeypatch):
     """The check is wired into linear_eval: an encoder changed during fitting is an error."""
-    real = le.fit_standard
+    real = le.fit_sgd
 
     def fit_and_break(backbone, *args):
         out = real(backbone, *args)
         backbone.layer4[1].bn2.running_var.mul_(1.0001)
         return out
-    monkeypatch.setattr(le, "fit_standard", fit_and_break)
+    monkeypatch.setattr(le, "fit_sgd", fit_and_break)
     cfg = compose_eval([*EVAL, "backbone.width=4", f"dataset.root={cifar_root}",
                         "dataset.subset=32", "batch_size=32", "epochs=1", "pretrained=random",
                         "recipe=standard"])
@@ -278,7 +278,7 @@ def test_without_pretrained_the_newest_matching_run_is_used(tmp_path, cifar_root
 
 
 @pytest.mark.parametrize("override,message", [
-    ("recipe=slow", "recipe=slow is not allowed: use fast or standard"),
+    ("recipe=slow", "recipe=slow is not allowed: use one of fast, standard"),
     ("epochs=0", "epochs=0 is not allowed: needs >= 1"),
     ("lr=0", "lr=0.0 is not allowed: needs > 0"),
     ("l2=-1", "l2=-1.0 is not allowed: needs >= 0"),
@@ -322,3 +322,150 @@ def test_knn_command_line(simclr_run, cifar_root, tmp_path):
     assert (result["k"], result["temperature"], result["num_train"], result["num_test"]) == \
         (20, 0.07, 300, 500)
     assert 10 < result["knn_top1"] < 100
+
+
+# ---------------------------------------------------------------------- the originals' protocols
+
+@pytest.mark.parametrize("name, expected", [
+    ("supcontrast", dict(lr=0.1, batch_size=256, epochs=100, schedule="step", schedule_unit="epoch",
+                         milestones=[60, 75, 90], lr_gamma=0.2, train_augment="resized_crop_flip",
+                         crop_scale=[0.2, 1.0], standardize=False, weight_decay=0.0, report="best",
+                         finetune=False)),
+    ("moco", dict(lr=30.0, batch_size=256, epochs=100, schedule="step", milestones=[60, 80],
+                  lr_gamma=0.1, fc_init="normal", standardize=False, report="best", finetune=False)),
+    ("sogclr", dict(lr=0.4, batch_size=1024, epochs=90, schedule="cosine", schedule_unit="epoch",
+                    fc_init="normal", weight_decay=0.0, report="best")),
+    ("simclr_cifar10", dict(lr=0.2, nesterov=True, batch_size=512, drop_last=True, finetune=True,
+                            schedule="simclr_cifar10", report="lowest_train_loss")),
+    ("solo", dict(lr=1.0, batch_size=256, epochs=100, schedule="step", milestones=[60, 80],
+                  lr_gamma=0.1, crop_scale=[0.08, 1.0], standardize=False, report="last")),
+    ("invclr", dict(recipe="fast", standardize=False, l2=2e-5, lbfgs_steps=500, lbfgs_max_iter=20,
+                    lbfgs_line_search="none")),
+    ("fast", dict(recipe="fast", standardize=True, l2=1e-3, lbfgs_steps=1, lbfgs_max_iter=500)),
+    ("standard", dict(recipe="standard", lr=0.1, schedule="cosine", schedule_unit="step",
+                      train_augment="crop_flip", standardize=True, report="last")),
+])
+def test_each_protocol_is_its_repositorys_evaluation(name, expected):
+    """The numbers read from each original's evaluation script (README: Evaluation)."""
+    cfg = compose_eval([f"protocol={name}"])
+    assert cfg.protocol == name
+    for key, value in expected.items():
+        assert (list(cfg[key]) if key in ("milestones", "crop_scale") else cfg[key]) == value, key
+    le.validate(cfg)
+
+
+def test_probe_schedules_are_the_originals_closed_forms():
+    def lr(protocol, epoch, step=0, steps_per_epoch=10, **over):
+        cfg = compose_eval([f"protocol={protocol}", *[f"{k}={v}" for k, v in over.items()]])
+        return le.probe_lr(cfg, epoch, step, steps_per_epoch)
+    # SupContrast: x0.2 after 60, 75, 90 (its 1-based epochs 61, 76, 91)
+    assert [lr("supcontrast", e) for e in (0, 59, 60, 75, 90, 99)] == \
+        pytest.approx([0.1, 0.1, 0.02, 0.004, 0.0008, 0.0008])
+    assert [lr("moco", e) for e in (59, 60, 80)] == pytest.approx([30.0, 3.0, 0.3])
+    # SogCLR: per epoch, lr (1 + cos(pi e / 90)) / 2, never 0
+    assert lr("sogclr", 45) == pytest.approx(0.4 * 0.5 * (1 + math.cos(math.pi / 2)))
+    assert lr("sogclr", 89) > 0
+    # SimCLR-CIFAR10's LambdaLR over "1000 epochs": 0.2 x ~0.6 at the start
+    assert lr("simclr_cifar10", 0, step=0) == pytest.approx(0.2 * 0.6)
+    assert lr("simclr_cifar10", 99, step=999, steps_per_epoch=10) == \
+        pytest.approx(0.2 * (1e-3 + 0.599 * 0.5 * (1 + math.cos(math.pi * 999 / 10000))))
+    # ours: cosine per step to 0 at the last step
+    assert lr("standard", 0, step=0, epochs=2) == pytest.approx(0.1)
+    assert lr("standard", 1, step=19, epochs=2) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_reported_epoch_last_best_or_lowest_training_loss():
+    history = [{"epoch": 0, "train_loss": 2.0, "test_top1": 30.0},
+               {"epoch": 1, "train_loss": 1.0, "test_top1": 50.0},
+               {"epoch": 2, "train_loss": 1.5, "test_top1": 40.0}]
+    assert le.reported_epoch(history, "last")["epoch"] == 2
+    assert le.reported_epoch(history, "best")["epoch"] == 1
+    assert le.reported_epoch(history, "lowest_train_loss")["epoch"] == 1
+    history[2]["train_loss"] = 0.5
+    assert le.reported_epoch(history, "lowest_train_loss")["test_top1"] == 40.0
+
+
+def test_fc_init_normal_is_mocos():
+    cfg = compose_eval([*EVAL, "protocol=moco", "dataset=spirograph", "dataset.num_train=32",
+                        "max_steps=1", "lr=1e-12", "batch_size=8", "epochs=1"])
+    torch.manual_seed(0)
+    net = build_backbone("resnet18", 4, "cifar", 32).eval()
+    src = build_source(cfg, "train", torch.device("cpu"))
+    labels = torch.arange(32) % 4
+    fit = le.fit_sgd(net, src, torch.arange(32), labels, 4, le._identity_stats(torch.zeros(1, 32)),
+                     cfg, torch.device("cpu"))
+    w = fit["classifier"].fc
+    assert abs(w.weight.std().item() - 0.01) < 0.003 and torch.all(w.bias.abs() < 1e-9)
+
+
+@needs_real_cifar
+@pytest.mark.slow
+def test_protocols_run_end_to_end_and_report_as_their_repositories(simclr_run, evaluate):
+    """SupContrast's: frozen, the best epoch's top-1; SimCLR-CIFAR10's: the encoder
+    fine-tuned (so no bit-identity check), the lowest-training-loss epoch; invclr's L-BFGS."""
+    sup, stdout, _ = evaluate(f"pretrained={simclr_run}", "protocol=supcontrast", "epochs=4",
+                              "milestones=[2,3]", "batch_size=128")
+    assert sup["protocol"] == "supcontrast" and sup["report"] == "best" and not sup["finetune"]
+    scores = [r["test_top1"] for r in sup["history"]]
+    assert len(scores) == 4 and sup["top1"] == max(scores) == sup["top1_best"]
+    assert sup["top1_last"] == pytest.approx(scores[-1])
+    assert "(supcontrast, " in stdout.strip().splitlines()[-1]
+    fine, _, _ = evaluate(f"pretrained={simclr_run}", "protocol=simclr_cifar10", "epochs=2",
+                          "batch_size=128")
+    assert fine["finetune"] and fine["report"] == "lowest_train_loss"
+    lowest = min(fine["history"], key=lambda r: r["train_loss"])
+    assert fine["top1"] == lowest["test_top1"] and fine["top1_epoch"] == lowest["epoch"]
+    inv, _, _ = evaluate(f"pretrained={simclr_run}", "protocol=invclr", "lbfgs_steps=20")
+    fast, _, _ = evaluate(f"pretrained={simclr_run}", "recipe=fast")
+    assert inv["standardize"] is False and abs(inv["top1"] - fast["top1"]) < 8
+
+
+# ---------------------------------------------------------------------- the invariance reproduction's evaluation
+
+def test_feature_averaging_is_the_mean_of_the_passes():
+    cfg = compose_eval([*EVAL, "dataset=spirograph", "dataset.num_train=16", "dataset.num_test=8"])
+    src = build_source(cfg, "test", torch.device("cpu"), augment=True)
+    torch.manual_seed(0)
+    net = build_backbone("resnet18", 4, "cifar", 32).eval()
+    index = torch.arange(8)
+    avg = le.averaged_features(net, src, index, 4, passes=3, seed=5)
+    g = torch.Generator().manual_seed(5)
+    passes = []
+    with torch.no_grad():
+        for _ in range(3):
+            passes.append(torch.cat([net(src.views(index[i:i + 4], g)[0][0]) for i in (0, 4)]))
+    torch.testing.assert_close(avg, torch.stack(passes).mean(0))
+    assert not torch.allclose(passes[0], passes[1])                  # fresh nuisance per pass
+
+
+@pytest.mark.slow
+def test_spirograph_lbfgs_regression_reports_mse_beside_r2_and_the_measured_invariance(tmp_path):
+    spiro = ["dataset=spirograph", "dataset.num_train=256", "dataset.num_test=128",
+             "pretrained=random", "backbone.width=4", "device=cpu", "progress=false"]
+    run("linear_eval.py", *spiro, "regression=lbfgs", "lbfgs_steps=20", "inputs=transformed",
+        "passes=2", "invariance_images=16", "invariance_samples=10", f"hydra.run.dir={tmp_path}")
+    res = json.loads((tmp_path / "linear_eval.json").read_text())
+    assert res["recipe"] == "lbfgs" and res["inputs"] == "transformed" and res["passes"] == 2
+    assert set(res["mse_per_parameter"]) == {"m", "b", "sigma", "red"}
+    assert res["mse"] == pytest.approx(sum(res["mse_per_parameter"].values()) / 4)
+    assert res["invariance"] > 0
+    proc = run("linear_eval.py", *spiro, "passes=3", f"hydra.run.dir={tmp_path}/bad", check=False)
+    assert proc.returncode == 2 and "passes=3 is not allowed: feature averaging needs " \
+        "transformed inputs" in proc.stderr
+
+
+def test_measured_invariance_is_zero_for_an_encoder_blind_to_the_nuisance():
+    from sslcifar.invariance import measure_invariance
+    cfg = compose_eval([*EVAL, "dataset=spirograph", "dataset.num_train=16", "dataset.num_test=16"])
+    src = build_source(cfg, "test", torch.device("cpu"), augment=True)
+    torch.manual_seed(0)
+    net = build_backbone("resnet18", 4, "cifar", 32).eval()
+    sensitive = measure_invariance(net, src, num_images=16, samples=8, batch_size=8)
+    assert sensitive > 0
+    blind = torch.nn.Sequential(net, torch.nn.Identity()).eval()
+    with torch.no_grad():
+        net.fc = torch.nn.Identity()
+        for p in net.parameters():
+            p.zero_()
+    assert measure_invariance(blind, src, num_images=16, samples=8, batch_size=8) == 0.0
+    assert not net.training                                  # left in the mode it found it

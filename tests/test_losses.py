@@ -49,6 +49,15 @@ def test_nt_xent_multi_matches_a_naive_loop(n, v, T):
     assert nt_xent_multi(z, ids, T).item() == pytest.approx(naive_nt_xent_multi(z, ids, T), rel=1e-9)
 
 
+def test_nt_xent_multi_with_labels_as_ids_is_that_repositorys_supervised_simclr():
+    g = torch.Generator().manual_seed(4)
+    z = torch.randn(12, 5, generator=g, dtype=torch.float64)
+    labels = torch.tensor([0, 1, 0, 2, 1, 2]).repeat(2)          # 6 images x 2 crops
+    assert nt_xent_multi(z, labels, 0.1).item() == pytest.approx(naive_nt_xent_multi(z, labels, 0.1), rel=1e-9)
+    assert nt_xent_multi(z, labels, 0.1).item() != pytest.approx(
+        nt_xent_multi(z, torch.arange(6).repeat(2), 0.1).item(), rel=1e-3)
+
+
 def test_nt_xent_multi_with_two_views_is_nt_xent():
     g = torch.Generator().manual_seed(3)
     z1, z2 = torch.randn(7, 5, generator=g, dtype=torch.float64), torch.randn(7, 5, generator=g, dtype=torch.float64)
@@ -99,7 +108,7 @@ def test_bad_temperature_is_a_value_error(fn, T):
 
 # ------------------------------------------------------------------ SupCon
 
-def naive_supcon(features, labels, T, base_T):
+def naive_supcon(features, labels, T, base_T, skip=False):
     n, v, _ = features.shape
     feats = [features[i, a].double() for a in range(v) for i in range(n)]
     labs = [int(labels[i]) for _ in range(v) for i in range(n)]
@@ -107,7 +116,9 @@ def naive_supcon(features, labels, T, base_T):
     for a in range(n * v):
         others = [k for k in range(n * v) if k != a]
         pos = [p for p in others if labs[p] == labs[a]]
-        if not pos:
+        if not pos:                 # SupContrast: 0, counted in the mean (or left out)
+            if not skip:
+                losses.append(0.0)
             continue
         log_denom = math.log(sum(math.exp(float(feats[a] @ feats[k]) / T) for k in others))
         mean = sum(float(feats[a] @ feats[p]) / T - log_denom for p in pos) / len(pos)
@@ -116,7 +127,8 @@ def naive_supcon(features, labels, T, base_T):
 
 
 @pytest.mark.parametrize("n, v, classes, T, base", [(6, 2, 3, 0.1, 0.07), (5, 3, 2, 0.5, 0.5),
-                                                    (4, 1, 2, 0.07, 0.07), (8, 2, 8, 0.2, 0.07)])
+                                                    (4, 1, 2, 0.07, 0.07), (8, 2, 8, 0.2, 0.07),
+                                                    (4, 8, 2, 0.1, 0.07)])     # multi-crop: 8 crops
 def test_supcon_matches_a_naive_loop(n, v, classes, T, base):
     g = torch.Generator().manual_seed(n + v)
     f = F.normalize(torch.randn(n, v, 6, generator=g, dtype=torch.float64), dim=2)
@@ -134,14 +146,20 @@ def test_supcon_without_labels_is_simclr():
     assert supcon(f, None, 0.5, 0.07).item() == pytest.approx(0.5 / 0.07 * nt_xent(z1, z2, 0.5).item(), rel=1e-5)
 
 
-def test_supcon_anchors_without_positives_are_left_out():
+def test_supcon_anchors_without_positives_count_zero_as_supcontrast_or_are_skipped():
+    """One view, a class seen once: SupContrast's current SupConLoss clamps the divisor of
+    the positives to 1, so that anchor adds 0 and counts in the mean over the 3 anchors."""
     g = torch.Generator().manual_seed(4)
-    f = F.normalize(torch.randn(3, 1, 4, generator=g), dim=2)
+    f = F.normalize(torch.randn(3, 1, 4, generator=g, dtype=torch.float64), dim=2)
     labels = torch.tensor([0, 0, 1])          # sample 2 has no positive with V=1
-    expected = naive_supcon(f, labels, 0.1, 0.07)
-    assert supcon(f, labels, 0.1, 0.07).item() == pytest.approx(expected, rel=1e-5)
-    none = supcon(f, torch.tensor([0, 1, 2]), 0.1, 0.07)
-    assert none.item() == 0 and torch.isfinite(none)
+    counted, skipped = naive_supcon(f, labels, 0.1, 0.07), naive_supcon(f, labels, 0.1, 0.07, skip=True)
+    assert counted == pytest.approx(skipped * 2 / 3, rel=1e-12)
+    assert supcon(f, labels, 0.1, 0.07).item() == pytest.approx(counted, rel=1e-9)
+    assert supcon(f, labels, 0.1, 0.07, skip_anchors_without_positive=True).item() == \
+        pytest.approx(skipped, rel=1e-9)
+    for skip in (False, True):
+        none = supcon(f, torch.tensor([0, 1, 2]), 0.1, 0.07, skip_anchors_without_positive=skip)
+        assert none.item() == 0 and torch.isfinite(none)
 
 
 def test_supcon_falls_under_sgd():
@@ -186,17 +204,20 @@ def test_moco_infonce_analytic_value():
 # ------------------------------------------------------------------ SogCLR
 
 class NaiveSogCLR:
-    """The original's formulas, one anchor at a time, in float64."""
+    """The original's formulas, one anchor at a time, in float64. branch="imagenet": gamma 1
+    on a batch never seen and the directions' mean stored; "cifar" (SogCLR's CIFAR branch,
+    sogclr/builder.py): gamma always and the directions' *sum* stored (u1 + u2)."""
 
-    def __init__(self, n, gamma, T):
+    def __init__(self, n, gamma, T, branch="imagenet"):
         self.u = [0.0] * n
-        self.gamma, self.T = gamma, T
+        self.gamma, self.T, self.branch = gamma, T, branch
 
     def step(self, z1, z2, index):
         """Returns the surrogate loss (autograd-capable) and the reported value."""
         h1, h2 = F.normalize(z1, dim=1), F.normalize(z2, dim=1)
         b = len(index)
-        gamma = 1.0 if sum(self.u[int(i)] for i in index) == 0 else self.gamma
+        first = sum(self.u[int(i)] for i in index) == 0
+        gamma = 1.0 if first and self.branch == "imagenet" else self.gamma
         new_u, surrogate, reported = [], 0.0, 0.0
         for i in range(b):
             terms = []
@@ -210,16 +231,18 @@ class NaiveSogCLR:
                 surrogate = surrogate + (-pos + sum(wj * s for wj, s in zip(w, negs)) / (2 * (b - 1)))
                 reported += float((-pos / self.T + torch.log(u)).detach()) / (2 * b)
                 terms.append(float(u))
-            new_u.append(sum(terms) / 2)
+            new_u.append(sum(terms) / (2 if self.branch == "imagenet" else 1))
         for i, u in zip(index, new_u):
             self.u[int(i)] = u
         return surrogate / b, reported
 
 
-def test_sogclr_u_gradient_and_reported_value_match_the_naive_estimator():
+@pytest.mark.parametrize("branch", ["cifar", "imagenet"])
+def test_sogclr_u_gradient_and_reported_value_match_the_naive_estimator(branch):
+    """Four steps, the third mixing seen and unseen images: each branch's rules for u."""
     n, b, gamma, T = 10, 4, 0.9, 0.3
-    ours = SogCLRLoss(n, gamma, T).double()
-    ref = NaiveSogCLR(n, gamma, T)
+    ours = SogCLRLoss(n, gamma, T, branch).double()
+    ref = NaiveSogCLR(n, gamma, T, branch)
     g = torch.Generator().manual_seed(7)
     batches = [torch.tensor([0, 3, 5, 7]), torch.tensor([1, 2, 4, 6]), torch.tensor([0, 3, 8, 9]),
                torch.tensor([5, 7, 0, 3])]      # 3rd batch mixes seen and unseen images
@@ -235,6 +258,26 @@ def test_sogclr_u_gradient_and_reported_value_match_the_naive_estimator():
         assert loss.item() == pytest.approx(reported, rel=1e-9)
         torch.testing.assert_close(ours.u.squeeze(1), torch.tensor(ref.u, dtype=torch.float64),
                                    atol=1e-12, rtol=1e-10)
+
+
+def test_sogclr_cifar_branch_first_visit_is_gamma_times_g_and_stores_the_sum():
+    """The CIFAR branch's rule by hand on one batch: u = 0 -> u1 = gamma g1, u2 = gamma g2,
+    stored u1 + u2 (the ImageNet branch would store (g1 + g2) / 2)."""
+    b, gamma, T = 3, 0.9, 0.5
+    g = torch.Generator().manual_seed(3)
+    z1, z2 = torch.randn(b, 4, generator=g, dtype=torch.float64), torch.randn(b, 4, generator=g, dtype=torch.float64)
+    h1, h2 = F.normalize(z1, dim=1), F.normalize(z2, dim=1)
+    loss = SogCLRLoss(5, gamma, T, "cifar").double()
+    loss(z1, z2, torch.tensor([0, 1, 4]))
+    for i, idx in enumerate([0, 1, 4]):
+        g1 = sum(math.exp(float(h1[i] @ v) / T) for j, v in enumerate(torch.cat([h2, h1]))
+                 if j not in (i, b + i)) / (2 * (b - 1))
+        g2 = sum(math.exp(float(h2[i] @ v) / T) for j, v in enumerate(torch.cat([h1, h2]))
+                 if j not in (i, b + i)) / (2 * (b - 1))
+        assert loss.u[idx].item() == pytest.approx(gamma * g1 + gamma * g2, rel=1e-12)
+    imagenet = SogCLRLoss(5, gamma, T, "imagenet").double()
+    imagenet(z1, z2, torch.tensor([0, 1, 4]))
+    assert imagenet.u[0].item() == pytest.approx(loss.u[0].item() / (2 * gamma), rel=1e-12)
 
 
 def test_sogclr_gradient_is_T_times_the_global_contrastive_gradient():
@@ -390,3 +433,162 @@ def test_mocov3_infonce_matches_a_naive_loop_times_2t(n, T):
     assert mocov3_infonce(q, k, T).item() == pytest.approx(naive_mocov3(q, k, T), rel=1e-9)
     same = torch.ones(n, 5)
     assert mocov3_infonce(same, same, T).item() == pytest.approx(2 * T * math.log(n), rel=1e-5)
+
+
+# ------------------------------------------------------------------ DINO and SwAV
+
+def naive_dino(student, teacher, center, t_s, t_t, n_global, b):
+    """DINO's Algorithm 1, one (teacher crop, student crop, image) at a time."""
+    v = student.shape[0] // b
+    total, pairs = 0.0, 0
+    for t in range(n_global):
+        for s in range(v):
+            if s == t:
+                continue
+            h = 0.0
+            for i in range(b):
+                q = torch.softmax((teacher[t * b + i] - center[0]) / t_t, dim=0)
+                logp = torch.log_softmax(student[s * b + i] / t_s, dim=0)
+                h += float(-(q * logp).sum())
+            total += h / b
+            pairs += 1
+    return total / pairs
+
+
+def test_dino_loss_matches_a_naive_loop_and_updates_the_centre_after():
+    from sslcifar.losses import DINOLoss
+    g = torch.Generator().manual_seed(0)
+    b, k, v = 4, 6, 5                                     # 2 global + 3 local crops
+    student = torch.randn(v * b, k, generator=g, dtype=torch.float64)
+    teacher = torch.randn(2 * b, k, generator=g, dtype=torch.float64)
+    loss_fn = DINOLoss(k, 2, student_temp=0.1, center_momentum=0.9).double()
+    loss_fn.center.copy_(torch.randn(1, k, generator=g, dtype=torch.float64))
+    before = loss_fn.center.clone()
+    loss = loss_fn(student, teacher, 0.04)
+    assert loss.item() == pytest.approx(naive_dino(student, teacher, before, 0.1, 0.04, 2, b), rel=1e-9)
+    torch.testing.assert_close(loss_fn.center, 0.9 * before + 0.1 * teacher.mean(0, keepdim=True))
+    # no gradient reaches the teacher; the student gets one
+    s = student.clone().requires_grad_()
+    t = teacher.clone().requires_grad_()
+    loss_fn(s, t, 0.04).backward()
+    assert t.grad is None and s.grad.abs().sum() > 0
+
+
+def test_dino_loss_of_a_student_equal_to_the_sharpened_teacher_is_its_entropy():
+    """With teacher_temp = student_temp, a centre of 0 and identical crops, each term is the
+    cross-entropy of a distribution with itself: its entropy."""
+    from sslcifar.losses import DINOLoss
+    x = torch.randn(3, 5, dtype=torch.float64)
+    loss = DINOLoss(5, 2, student_temp=0.5).double()(torch.cat([x, x]), torch.cat([x, x]), 0.5)
+    p = torch.softmax(x / 0.5, dim=1)
+    assert loss.item() == pytest.approx(float(-(p * p.log()).sum(1).mean()), rel=1e-12)
+
+
+def naive_sinkhorn(scores, eps, iters):
+    q = [[math.exp(float(s) / eps) for s in row] for row in scores.double()]     # [B][K]
+    b, k = len(q), len(q[0])
+    total = sum(map(sum, q))
+    q = [[x / total for x in row] for row in q]
+    for _ in range(iters):
+        col = [sum(q[i][j] for i in range(b)) for j in range(k)]                 # per prototype
+        q = [[q[i][j] / col[j] / k for j in range(k)] for i in range(b)]
+        row = [sum(r) for r in q]                                                 # per sample
+        q = [[x / row[i] / b for x in q[i]] for i in range(b)]
+    return torch.tensor(q, dtype=torch.float64) * b
+
+
+def test_sinkhorn_matches_a_naive_loop_and_balances_the_prototypes():
+    from sslcifar.losses import sinkhorn
+    g = torch.Generator().manual_seed(1)
+    scores = F.normalize(torch.randn(8, 5, generator=g, dtype=torch.float64), dim=1)
+    q = sinkhorn(scores, 0.05, 3)
+    torch.testing.assert_close(q, naive_sinkhorn(scores, 0.05, 3), rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(q.sum(1), torch.ones(8, dtype=torch.float64))      # rows: 1
+    many = sinkhorn(scores, 0.5, 200)                       # converged: columns B/K each
+    torch.testing.assert_close(many.sum(0), torch.full((5,), 8 / 5, dtype=torch.float64), rtol=1e-6, atol=0)
+
+
+def naive_swav(scores, v, b, assign, T, eps, iters, queue=None):
+    crops = scores.double().split(b)
+    total = 0.0
+    for i, a in enumerate(assign):
+        s = crops[a] if queue is None else torch.cat([crops[a], queue[i].double()])
+        q = naive_sinkhorn(s, eps, iters)[:b]
+        sub = 0.0
+        for c in range(v):
+            if c != a:
+                sub += float(-(q * torch.log_softmax(crops[c] / T, dim=1)).sum(1).mean())
+        total += sub / (v - 1)
+    return total / len(assign)
+
+
+@pytest.mark.parametrize("with_queue", [False, True])
+def test_swav_loss_matches_a_naive_loop(with_queue):
+    from sslcifar.losses import swav_loss
+    g = torch.Generator().manual_seed(2)
+    b, k, v = 4, 6, 4
+    scores = F.normalize(torch.randn(v * b, k, generator=g, dtype=torch.float64), dim=1)
+    queue = [F.normalize(torch.randn(8, k, generator=g, dtype=torch.float64), dim=1) for _ in range(2)] \
+        if with_queue else None
+    ours = swav_loss(scores, v, (0, 1), 0.1, 0.05, 3, queue_scores=queue)
+    assert ours.item() == pytest.approx(naive_swav(scores, v, b, (0, 1), 0.1, 0.05, 3, queue), rel=1e-9)
+
+
+# ------------------------------------------------------------------ the invariance gradient penalty
+
+def _toy_encoder(theta, w1, w2):
+    """A per-sample encoder of the nuisance parameters: h_b = tanh(theta_b W1) W2."""
+    return torch.tanh(theta @ w1) @ w2
+
+
+def test_gradient_penalty_matches_a_naive_per_sample_loop_and_finite_differences():
+    from sslcifar.losses import gradient_penalty
+    g = torch.Generator().manual_seed(0)
+    b, p, d, m = 5, 4, 6, 7
+    w1 = torch.randn(p, 8, generator=g, dtype=torch.float64)
+    w2 = torch.randn(8, d, generator=g, dtype=torch.float64)
+    theta = torch.rand(b, p, generator=g, dtype=torch.float64).requires_grad_()
+    extra = torch.rand(m, b, p, generator=g, dtype=torch.float64)
+    signs = (torch.randint(0, 2, (b, d), generator=g) * 2 - 1).double()
+    ours = gradient_penalty(_toy_encoder(theta, w1, w2), theta, extra, signs, upper_limit=None)
+    # naive: one sample at a time, its own gradient, then the mean over (m, b)
+    total = 0.0
+    for i in range(b):
+        t = theta[i].detach().clone().requires_grad_()
+        hh = F.normalize(_toy_encoder(t[None], w1, w2), dim=1)[0]
+        (gi,) = torch.autograd.grad((signs[i] * hh).sum(), t)
+        total += sum(float(gi @ (extra[k, i] - theta[i].detach())) ** 2 for k in range(m))
+    assert ours.item() == pytest.approx(total / (m * b), rel=1e-10)
+    # the same with G by central differences of sum(s * h_hat) in theta
+    def P(t):
+        return float((signs * F.normalize(_toy_encoder(t, w1, w2), dim=1)).sum())
+    eps, fd = 1e-6, torch.zeros(b, p, dtype=torch.float64)
+    for i in range(b):
+        for k in range(p):
+            e = torch.zeros(b, p, dtype=torch.float64)
+            e[i, k] = eps
+            fd[i, k] = (P(theta.detach() + e) - P(theta.detach() - e)) / (2 * eps)
+    by_fd = ((fd[None] * (extra - theta.detach()[None])).sum(2) ** 2).mean()
+    assert ours.item() == pytest.approx(by_fd.item(), rel=1e-6)
+    # clamped above: the value stops at the limit and so does its gradient
+    low = gradient_penalty(_toy_encoder(theta, w1, w2), theta, extra, signs, upper_limit=ours.item() / 2)
+    assert low.item() == pytest.approx(ours.item() / 2)
+    unnormalised = gradient_penalty(_toy_encoder(theta, w1, w2), theta, extra, signs,
+                                    normalize=False, upper_limit=None)
+    assert unnormalised.item() != pytest.approx(ours.item())
+
+
+def test_the_penalty_reaches_the_encoder_through_a_double_backward():
+    from sslcifar.losses import gradient_penalty
+    g = torch.Generator().manual_seed(1)
+    w1 = torch.randn(4, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    w2 = torch.randn(8, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    theta = torch.rand(5, 4, generator=g, dtype=torch.float64).requires_grad_()
+    extra = torch.rand(3, 5, 4, generator=g, dtype=torch.float64)
+    penalty = gradient_penalty(_toy_encoder(theta, w1, w2), theta, extra, generator=g, upper_limit=None)
+    penalty.backward()
+    assert w1.grad.abs().sum() > 0 and w2.grad.abs().sum() > 0
+    # a representation that ignores theta is invariant: zero penalty
+    flat = gradient_penalty(_toy_encoder(theta * 0, w1, w2) + theta.sum() * 0, theta, extra,
+                            generator=g, upper_limit=None)
+    assert flat.item() == 0.0

@@ -88,14 +88,21 @@ def test_moco_loss_uses_the_queue_before_this_batch_is_enqueued():
         torch.testing.assert_close(out["loss"], moco_infonce(q, k, queue, 0.2))
 
 
-@pytest.mark.parametrize("method", ["simclr", "moco", "sogclr", "supcon", "supervised"])
+@pytest.mark.parametrize("method", ["simclr", "moco", "sogclr", "supcon", "supervised", "byol",
+                                    "simsiam", "barlow_twins", "vicreg", "mocov3", "dino", "swav"])
 def test_loss_falls_on_a_fixed_tiny_batch(method):
     primary = "moco" if method == "moco" else "simclr"
-    cfg = compose_cfg(primary, [f"method={method}", "backbone.width=8", "dataset.size=16",
-                                "method.queue_size=64" if method == "moco" else "batch_size=16"])
+    extra = {"moco": ["method.queue_size=64"],
+             # DINO's targets move as its centre does (towards uniform: the loss rises to
+             # log K); with the centre held at 0 the student can fit a fixed teacher
+             "dino": ["batch_size=16", "loss.center_momentum=1.0"]}.get(method, ["batch_size=16"])
+    cfg = compose_cfg(primary, [f"method={method}", "backbone.width=8", "dataset.size=16", *extra])
     torch.manual_seed(0)
     model = build_method(cfg, num_train=16, num_classes=4)
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.05, momentum=0.9)
+    # Barlow Twins sums over 2048^2 correlations (loss ~100): its recipe's LARS adapts the
+    # step; plain SGD needs a smaller one
+    lr = 0.002 if method == "barlow_twins" else 0.05
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr, momentum=0.9)
     g = torch.Generator().manual_seed(1)
     num_views = sum(group.count for group in cfg.augment.groups)
     views = [torch.randn(16, 3, 16, 16, generator=g) for _ in range(num_views)]
@@ -206,3 +213,105 @@ def test_simclr_with_three_views_and_with_small_crops_trains_one_step():
         out["loss"].backward()
         assert torch.isfinite(out["loss"]) and out["features"].shape[0] == 4
         assert model.backbone.conv1.weight.grad.abs().sum() > 0
+
+
+def _tiny(method, *extra):
+    cfg = compose_cfg(overrides=[f"method={method}", "backbone.width=4", "dataset.size=16", *extra])
+    torch.manual_seed(0)
+    return build_method(cfg, num_train=8, num_classes=2)
+
+
+def test_targets_get_no_gradient_and_follow_the_cosine_momentum_after_each_step():
+    """BYOL: the target moves after the optimizer step, by tau(step) = 1 - (1 - 0.99)(cos(pi
+    step / total) + 1) / 2 (solo-learn's indexing); MoCo v3: inside the forward, before the keys."""
+    import math
+    from sslcifar.schedule import cosine_momentum
+    model = _tiny("byol")
+    x = torch.randn(4, 3, 16, 16)
+    out = model(_batch([x, x.flip(-1)]))
+    out["loss"].backward()
+    assert all(p.grad is None for p in model.backbone_t.parameters())
+    assert all(p.grad is None for p in model.projector_t.parameters())
+    with torch.no_grad():                        # an online step
+        for p in model.backbone.parameters():
+            p.add_(0.05)
+    before = [p.clone() for p in model.backbone_t.parameters()]
+    online = [p.clone() for p in model.backbone.parameters()]
+    model.after_step(25, 100)
+    tau = cosine_momentum(25, 100, 0.99)
+    assert tau == pytest.approx(1 - 0.01 * (math.cos(math.pi / 4) + 1) / 2)
+    for t, b, o in zip(model.backbone_t.parameters(), before, online):
+        torch.testing.assert_close(t, tau * b + (1 - tau) * o)
+    v3 = _tiny("mocov3")
+    v3.before_step(50, 100, 10)
+    assert v3.m == pytest.approx(cosine_momentum(50, 100, 0.99))
+
+
+def test_simsiams_predictor_keeps_the_base_lr_in_the_loop():
+    """The predictor's group is marked fixed_lr: the loop gives it the base lr at every step
+    while the encoder follows the schedule."""
+    model = _tiny("simsiam")
+    groups = model.param_groups()
+    assert [g.get("fixed_lr", False) for g in groups] == [False, True]
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in model.predictor.parameters()}
+    n = sum(len(g["params"]) for g in groups)
+    assert n == len([p for p in model.parameters() if p.requires_grad])
+
+
+def test_heads_are_the_recipes_architectures():
+    from torch import nn
+    byol = _tiny("byol")
+    assert [type(m) for m in byol.projector] == [nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Linear]
+    assert (byol.projector[0].out_features, byol.projector[3].out_features) == (4096, 256)
+    assert (byol.predictor[0].in_features, byol.predictor[0].out_features) == (256, 4096)
+    siam = _tiny("simsiam")
+    assert len(siam.projector) == 8 and not siam.projector[-1].affine         # 3 layers, BN last
+    assert siam.predictor[0].out_features == 512
+    v3 = _tiny("mocov3")
+    assert isinstance(v3.projector[-1], nn.BatchNorm1d) and not v3.projector[-1].affine
+    assert v3.predictor[-1].bias is None and isinstance(v3.predictor[-1], nn.Linear)
+    bt = _tiny("barlow_twins")
+    assert [m.out_features for m in bt.projector if isinstance(m, nn.Linear)] == [2048, 2048, 2048]
+
+
+def test_dino_teacher_sees_the_global_crops_and_the_last_layer_waits_an_epoch():
+    model = _tiny("dino", "method.clip_grad=0.5", "loss.warmup_teacher_temp_epochs=3")
+    calls = []
+    model.backbone_t.register_forward_hook(lambda m, i, o: calls.append(i[0].shape))
+    g = torch.Generator().manual_seed(0)
+    views = [torch.randn(4, 3, 16, 16, generator=g) for _ in range(2)] + \
+            [torch.randn(4, 3, 8, 8, generator=g) for _ in range(3)]
+    temps = []
+    for step, epoch_len in ((0, 10), (15, 10), (25, 10), (40, 10)):
+        model.before_step(step, 100, epoch_len)
+        temps.append(model.teacher_temp)
+    assert temps == pytest.approx([0.04, 0.055, 0.07, 0.07])       # linear over 3 epochs
+    out = model(_batch(views))
+    assert calls == [(8, 3, 16, 16)]                          # the two global crops only
+    out["loss"].backward()
+    model.after_backward(step=9, steps_per_epoch=10)           # still epoch 0
+    assert all(p.grad is None for p in model.head.last_layer.parameters())
+    assert all(p.grad is None or p.grad.norm() <= 0.5 * (1 + 1e-5) for p in model.parameters())
+    assert model.backbone.conv1.weight.grad is not None
+    assert not model.head.last_layer.weight_g.requires_grad      # norm_last_layer
+
+
+def test_swav_prototypes_are_unit_vectors_frozen_first_and_the_queue_fills_then_is_used():
+    model = _tiny("swav", "method.queue_size=8", "method.queue_start_epoch=0",
+                  "method.freeze_prototypes_epochs=1", "batch_size=4")
+    with torch.no_grad():
+        model.prototypes.weight.mul_(3.0)
+    model.before_step(0, 100, 10)
+    torch.testing.assert_close(model.prototypes.weight.norm(dim=1), torch.ones(3000))
+    g = torch.Generator().manual_seed(0)
+    batch = _batch([torch.randn(4, 3, 16, 16, generator=g) for _ in range(2)])
+    used = []
+    for step in range(3):
+        model.before_step(step, 100, 10)
+        out = model(batch)
+        used.append(out["queue_used"].item())
+    assert used == [0.0, 0.0, 1.0] and int(model.queue_filled) == 8
+    out["loss"].backward()
+    model.after_backward(step=2, steps_per_epoch=10)
+    assert model.prototypes.weight.grad is None               # frozen in the first epoch
+    model.after_backward(step=12, steps_per_epoch=10)

@@ -9,16 +9,35 @@ from sslcifar.models import (SplitBatchNorm2d, build_backbone, projection_mlp, r
                              split_batchnorm)
 
 
-def test_width_64_imagenet_stem_is_torchvisions_resnet():
-    for name in ("resnet18", "resnet50"):
-        ours = build_backbone(name, 64, "imagenet", 224)
-        ref = getattr(torchvision.models, name)()
-        ref_shapes = {k: v.shape for k, v in ref.state_dict().items() if not k.startswith("fc.")}
-        assert {k: v.shape for k, v in ours.state_dict().items()} == ref_shapes
-        ref.fc = torch.nn.Identity()
-        ours.load_state_dict(ref.state_dict())
-        x = torch.randn(2, 3, 64, 64)
-        torch.testing.assert_close(ours.eval()(x), ref.eval()(x))
+@pytest.mark.parametrize("name", ["resnet18", "resnet34", "resnet50"])
+def test_width_64_imagenet_stem_is_torchvisions_resnet(name):
+    # same seed -> the same weights, bit for bit: our ResNet draws its initialisation
+    # with the same calls in the same order (the numbers of every earlier run survive)
+    torch.manual_seed(0)
+    ours = build_backbone(name, 64, "imagenet", 224)
+    torch.manual_seed(0)
+    # num_classes=0: an empty fc, which draws no random numbers (ours has none)
+    ref = getattr(torchvision.models, name)(num_classes=0)
+    ref_state = {k: v for k, v in ref.state_dict().items() if not k.startswith("fc.")}
+    ours_state = ours.state_dict()
+    assert list(ours_state) == list(ref_state)
+    for k, v in ref_state.items():
+        assert torch.equal(ours_state[k], v), k
+    ref.fc = torch.nn.Identity()
+    x = torch.randn(2, 3, 64, 64)
+    # the same modules applied in the same order: equal outputs in both modes
+    torch.testing.assert_close(ours.eval()(x), ref.eval()(x), rtol=0, atol=0)
+    torch.testing.assert_close(ours.train()(x), ref.train()(x), rtol=0, atol=0)
+
+
+def test_the_commands_start_without_importing_torchvision():
+    # torchvision's import pulls in torch's compiler (seconds per command start)
+    import subprocess
+    import sys
+    code = ("import sys, sslcifar.train, sslcifar.linear_eval, sslcifar.knn, sslcifar.figures; "
+            "print('torchvision' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 @pytest.mark.parametrize("name, feats", [("resnet18", 8 * 8), ("resnet34", 8 * 8), ("resnet50", 8 * 8 * 4)])

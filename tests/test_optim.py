@@ -54,7 +54,7 @@ def naive_solo_lars(params, grads_per_step, lr, m, wd, eta, clip, every_param=Fa
                     r = min(r / lr, 1.0)
                 d = (g + wd * p) * r
             else:
-                d = g
+                d = g + wd * p if every_param else g        # torchlars: ratio 1, wd kept
             mus[i] = m * mus[i] + d
             params[i] = p - lr * mus[i]
     return params
@@ -65,8 +65,11 @@ def test_solo_and_torchlars_variants_match_a_naive_loop(variant, clip):
     g = torch.Generator().manual_seed(1)
     init = [torch.randn(s, generator=g, dtype=torch.float64) for s in [(4, 3), (2, 3, 3, 3), (4,)]]
     init.append(torch.zeros(3, 3, dtype=torch.float64))          # zero norm: the plain gradient
+    init.append(torch.randn(2, 2, generator=g, dtype=torch.float64))   # a zero gradient below
     init[0] *= 50                       # a large weight: its unclipped ratio exceeds lr
     grads = [[torch.randn(p.shape, generator=g, dtype=torch.float64) for p in init] for _ in range(4)]
+    for step in grads:
+        step[-1].zero_()
     params = [p.clone().requires_grad_() for p in init]
     opt = LARS(params, lr=0.3, momentum=0.9, weight_decay=1e-4, trust_coefficient=0.02,
                variant=variant, clip_lr=clip)

@@ -283,3 +283,46 @@ def test_a_relative_path_is_relative_to_the_launch_directory(tmp_path, monkeypat
     monkeypatch.chdir(tmp_path)
     enc = load_encoder(compose_eval(["pretrained=w.pt"]))
     assert enc.path == tmp_path / "w.pt" and enc.width == 8
+
+
+# ---------------------------------------------------------------------- the peers' checkpoints
+
+def _lightning(state_dict):
+    """A PyTorch Lightning checkpoint's layout (what solo-learn and lightly save)."""
+    return {"epoch": 999, "global_step": 195000, "pytorch-lightning_version": "2.1.0",
+            "state_dict": state_dict, "optimizer_states": [{"state": {}, "param_groups": []}],
+            "lr_schedulers": [{"last_epoch": 999}], "callbacks": {}, "hyper_parameters": {"lr": 0.3}}
+
+
+def test_a_solo_learn_checkpoint_loads_its_backbone_not_the_momentum_one(tmp_path):
+    net = trained_looking()
+    sd = net.state_dict()
+    f = tmp_path / "byol-cifar10-ep=999.ckpt"
+    torch.save(_lightning({**{f"backbone.{k}": v for k, v in sd.items()},
+                           **{f"momentum_backbone.{k}": v + 1 for k, v in sd.items()
+                              if v.is_floating_point()},
+                           "projector.0.weight": torch.randn(4096, 64), "predictor.0.weight":
+                           torch.randn(4096, 256), "momentum_projector.0.weight": torch.randn(4096, 64),
+                           "classifier.weight": torch.randn(10, 64), "classifier.bias": torch.randn(10)}), f)
+    enc = load_checkpoint(f)
+    assert enc.format == "solo-learn" and (enc.name, enc.width, enc.stem) == ("resnet18", 8, "cifar")
+    same_tensors(enc.backbone.state_dict(), sd)
+
+
+@pytest.mark.parametrize("layout", ["lightly", "torchvision"])
+def test_a_lightly_checkpoint_of_a_sequential_backbone_computes_what_it_trained(tmp_path, layout):
+    """lightly keeps `nn.Sequential(*resnet.children()[:-1])`: numbered keys. Its CIFAR
+    ResNetGenerator has no ReLU module after the stem's BN (its forward applies one
+    functionally, the Sequential does not), so the loaded encoder must not apply one either."""
+    net = trained_looking().eval()
+    stem = [net.conv1, net.bn1] + ([] if layout == "lightly" else [net.relu, net.maxpool])
+    seq = torch.nn.Sequential(*stem, net.layer1, net.layer2, net.layer3, net.layer4,
+                              torch.nn.AdaptiveAvgPool2d(1)).eval()
+    f = tmp_path / "lightly.ckpt"
+    torch.save(_lightning({**{f"backbone.{k}": v for k, v in seq.state_dict().items()},
+                           "projection_head.layers.0.weight": torch.randn(512, 64)}), f)
+    enc = load_checkpoint(f)
+    assert enc.format == "lightly" and (enc.name, enc.width, enc.stem) == ("resnet18", 8, "cifar")
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(enc.backbone(x), seq(x).flatten(1))

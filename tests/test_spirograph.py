@@ -63,7 +63,8 @@ def test_views_share_generative_parameters_but_not_nuisance():
     from sslcifar.data.sources import SpirographSource
     src = SpirographSource(16, seed=0, device=torch.device("cpu"), mean=[0.5] * 3, std=[0.5] * 3)
     g = torch.Generator().manual_seed(0)
-    (v1, v2), params, replay = src.views(torch.arange(4), g)
+    (v1, v2), params, replay, nuisance = src.views(torch.arange(4), g)
+    assert nuisance.key == "nuisance" and nuisance.draw(0, 5, 4, g).shape == (5, 4, 6)
     assert not torch.equal(v1, v2)
     # each view hands back its nuisance parameters, and is re-rendered from them
     assert [p["nuisance"].shape for p in params] == [(4, 6), (4, 6)]

@@ -222,3 +222,63 @@ def test_views_of_several_sizes_and_a_weight_decay_schedule_train_end_to_end(tmp
     assert state["step"] == 4
     wd = warmup_cosine(1e-4, 0.1, 4).tolist()[3]
     assert [g["weight_decay"] for g in state["optimizer"]["param_groups"]] == [wd]
+
+
+def _train_in_process(run_dir, overrides):
+    """train(cfg) in this process (the entrypoints' own test is above): for checks that
+    need many short runs, without a Python start-up each."""
+    from sslcifar.train import train
+    from .test_config import compose_cfg
+    cfg = compose_cfg(overrides=[*TINY, *overrides, f"run_dir={run_dir}"])
+    return train(cfg)
+
+
+ALL_METHODS = ["simclr", "moco", "sogclr", "supcon", "supervised", "byol", "simsiam",
+               "barlow_twins", "vicreg", "mocov3", "dino", "swav", "invclr"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ALL_METHODS)
+def test_every_method_resumes_mid_epoch_bit_identically(tmp_path, cifar_root, method):
+    """Stopped after 3 steps and resumed, every method ends with the weights, buffers (EMA
+    targets, queues, u) and metrics of an uninterrupted run; the collapse monitor z_std is
+    in its metrics."""
+    extra = {"moco": ["method.queue_size=64", "method.bn_splits=2"],
+             # the queue fills at step 1 and is used from step 2: the resume at 3 needs it
+             "swav": ["method.queue_size=16", "method.queue_start_epoch=0"],
+             "dino": ["augment.small_crops=2", "method.freeze_last_layer_epochs=0.5"],
+             "invclr": ["method.gp_samples=5", "method.gp_upper_limit=1000"]}.get(method, [])
+    common = [f"method={method}", *extra, f"dataset.root={cifar_root}", "dataset.subset=64",
+              "epochs=2", "eval.knn_every=0"]
+    _train_in_process(tmp_path / "full", common)
+    _train_in_process(tmp_path / "split", [*common, "max_steps=3"])
+    _train_in_process(tmp_path / "split", [*common, "resume=true"])
+    a, b = _load(tmp_path / "full"), _load(tmp_path / "split")
+    assert a["step"] == b["step"] == 8
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert _rows(tmp_path / "full") == _rows(tmp_path / "split")
+    assert 0 < _rows(tmp_path / "full")[-1]["z_std"] <= 1
+
+
+@pytest.mark.slow
+def test_linear_evaluation_at_the_end_of_pretraining_lands_in_done_json_and_the_last_row(
+        tmp_path, cifar_root):
+    """eval.linear=fast: the run's own backbone, its training subset and the test split; the
+    run records the code version too."""
+    final = _train_in_process(tmp_path, [f"dataset.root={cifar_root}", "dataset.subset=64",
+                                         "eval.linear=fast"])
+    done = json.loads((tmp_path / "done.json").read_text())
+    assert done["linear_protocol"] == "fast" and 0 <= done["linear_top1"] <= 100
+    assert _rows(tmp_path)[-1]["linear_top1"] == done["linear_top1"] == final["linear_top1"]
+    assert _load(tmp_path)["code"]["commit"] == done["code"]["commit"]
+    from sslcifar.linear_eval import evaluate_encoder, protocol_config
+    from sslcifar.pretrained import load_checkpoint
+    from sslcifar.data.sources import build_source
+    from .test_config import compose_cfg
+    cfg = compose_cfg(overrides=[*TINY, f"dataset.root={cifar_root}", "dataset.subset=64"])
+    enc = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    again, _ = evaluate_encoder(enc.backbone, protocol_config("fast", cfg),
+                                build_source(cfg, "train", torch.device("cpu")),
+                                build_source(cfg, "test", torch.device("cpu")), torch.device("cpu"))
+    assert again["top1"] == pytest.approx(done["linear_top1"], abs=1e-9)     # the same evaluation

@@ -32,6 +32,7 @@ exact resume, and a method can re-make a view from its parameters (`ViewMaker.re
 - no host-device synchronisation: every choice is a mask or a per-sample factor, so
   the whole augmentation can be queued on a GPU without waiting.
 """
+import logging
 from dataclasses import dataclass
 from typing import Dict, List, Sequence, Tuple
 
@@ -42,6 +43,7 @@ from .ops import (_per_sample, adjust_hue, gaussian_blur, resized_crop, rgb_to_g
                   sample_crop_boxes, solarize)
 
 Params = Dict[str, torch.Tensor]
+log = logging.getLogger(__name__)
 
 # ColorJitter's four factors in params["jitter"][:, k]; the order tensor holds these indices
 BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)
@@ -68,9 +70,19 @@ class ViewSpec:
     blur_sigma: Tuple[float, float] = (0.1, 2.0)
     solarize_p: float = 0.0
     solarize_threshold: float = 0.5
+    jitter_mode: str = "torchvision"    # torchvision (random order, exact HSV hue) | invclr
 
 
 # ---------------------------------------------------------------------- 1. sampling
+
+def draw_jitter(spec: ViewSpec, m: int, n: int, generator: torch.Generator, device) -> torch.Tensor:
+    """[m, n, 4] fresh jitter factors from the spec's ranges (brightness, contrast and
+    saturation uniform in [max(0, 1-x), 1+x], hue in [-h, h]), as sample_params draws them."""
+    u = torch.rand(m, n, 4, generator=generator, device=device)
+    ranges = [(max(0.0, 1 - x), 1 + x) for x in (spec.brightness, spec.contrast, spec.saturation)]
+    factors = [lo + (hi - lo) * u[..., k] for k, (lo, hi) in enumerate(ranges)]
+    return torch.stack(factors + [(2 * u[..., HUE] - 1) * spec.hue], dim=-1)
+
 
 def sample_params(spec: ViewSpec, n: int, height: int, width: int,
                   generator: torch.Generator, device) -> Params:
@@ -89,10 +101,23 @@ def sample_params(spec: ViewSpec, n: int, height: int, width: int,
     An op whose probability is 0 draws nothing (neutral values), so switching one off
     does not shift the random stream of the others.
     """
-    rand = lambda *shape: torch.rand(*shape, generator=generator, device=device)  # noqa: E731
+    return {**sample_geometry(spec, n, height, width, generator, device),
+            **sample_colour(spec, n, generator, device)}
+
+
+def sample_geometry(spec: ViewSpec, n: int, height: int, width: int,
+                    generator: torch.Generator, device) -> Params:
+    """The crop boxes and flips of sample_params (drawn first)."""
     box = torch.stack(sample_crop_boxes(n, height, width, spec.crop_scale, spec.crop_ratio,
                                         generator, device), dim=1)
-    p: Params = {"box": box, "flip": rand(n) < spec.flip_p}
+    return {"box": box, "flip": torch.rand(n, generator=generator, device=device) < spec.flip_p}
+
+
+def sample_colour(spec: ViewSpec, n: int, generator: torch.Generator, device) -> Params:
+    """The colour choices of sample_params (drawn after the geometry): jitter, grayscale,
+    blur, solarize. The streaming pipeline draws only these on the device."""
+    rand = lambda *shape: torch.rand(*shape, generator=generator, device=device)  # noqa: E731
+    p: Params = {}
     if spec.jitter_p > 0:
         p["jitter_on"] = rand(n) < spec.jitter_p
         u = rand(n, 4)
@@ -130,7 +155,9 @@ def geometry(images: torch.Tensor, spec: ViewSpec, params: Params) -> torch.Tens
 def colour(x: torch.Tensor, spec: ViewSpec, params: Params) -> torch.Tensor:
     """Float [B, 3, S, S] in [0, 1] -> the same after jitter, grayscale, blur, solarize.
     Differentiable in params["jitter"]."""
-    if spec.jitter_p > 0:
+    if spec.jitter_p > 0 and spec.jitter_mode == "invclr":
+        x = color_jitter_invclr(x, params["jitter"], params["jitter_on"])
+    elif spec.jitter_p > 0:
         x = color_jitter(x, params["jitter"], params["order"], params["jitter_on"], spec.hue > 0)
     if spec.grayscale_p > 0:
         x = torch.where(_per_sample(params["gray"]), rgb_to_grayscale(x).expand_as(x), x)
@@ -160,6 +187,37 @@ def color_jitter(x: torch.Tensor, jitter: torch.Tensor, order: torch.Tensor,
     for k in range(1, 4):                             # blends after the hue
         x = _blend_stage(x, order[:, k], f, active=k > hue_pos)
     return x
+
+
+# ITU-R 601 RGB <-> YIQ, as the invariance-by-gradient reproduction's hue rotation
+_YIQ = ((0.299, 0.587, 0.114), (0.596, -0.274, -0.321), (0.211, -0.523, 0.311))
+_RGB = ((1.0, 0.956, 0.621), (1.0, -0.272, -0.647), (1.0, -1.107, 1.705))
+INVCLR_GRAY = (0.299, 0.587, 0.114)
+
+
+def color_jitter_invclr(x: torch.Tensor, jitter: torch.Tensor, apply: torch.Tensor) -> torch.Tensor:
+    """The invariance-by-gradient reproduction's TensorColorJitter (data/augmentation.py):
+    brightness, contrast, saturation, hue in that fixed order, each blend clamped to [0, 1],
+    the hue as a rotation by 2 pi h of the I-Q plane of YIQ (no clamp after it), on the
+    samples where `apply` (their RandomApply: a * T(x) + (1 - a) * x). Differentiable in
+    jitter [B, 4] = (brightness, contrast, saturation, hue)."""
+    b, c, s_, h = (jitter[:, k].view(-1, 1, 1, 1) for k in range(4))
+    w = torch.tensor(INVCLR_GRAY, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    y = (x * b).clamp(0, 1)
+    gray = (y * w).sum(1, keepdim=True)
+    y = (y * c + gray.mean(dim=(2, 3), keepdim=True) * (1 - c)).clamp(0, 1)
+    gray = (y * w).sum(1, keepdim=True)
+    y = (y * s_ + gray * (1 - s_)).clamp(0, 1)
+    phi = 2 * torch.pi * h.view(-1)
+    cos, sin = torch.cos(phi), torch.sin(phi)
+    one, zero = torch.ones_like(cos), torch.zeros_like(cos)
+    rot = torch.stack([torch.stack([one, zero, zero], -1), torch.stack([zero, cos, -sin], -1),
+                       torch.stack([zero, sin, cos], -1)], -2)                       # [B, 3, 3]
+    to_yiq = torch.tensor(_YIQ, dtype=x.dtype, device=x.device)
+    to_rgb = torch.tensor(_RGB, dtype=x.dtype, device=x.device)
+    m = to_rgb @ rot @ to_yiq                                                          # [B, 3, 3]
+    y = torch.einsum("bij,bjhw->bihw", m, y)
+    return torch.where(_per_sample(apply), y, x)
 
 
 def _blend_stage(x, op, factors, active):
@@ -204,17 +262,42 @@ def apply_params(images: torch.Tensor, spec: ViewSpec, params: Params,
     return normalize.normalize(colour(geometry(images, spec, params), spec, params))
 
 
+class CompiledApply:
+    """apply_params through torch.compile: inductor fuses the many elementwise passes of
+    the colour ops (blends, clamps, the HSV round trip, where-masks) into a few loops over
+    memory. Shapes are static per view group. The first failure (no working C++ or GPU
+    compiler, an unsupported op) falls back to eager for good, with one warning."""
+
+    def __init__(self):
+        self.fn, self.failed = None, False
+
+    def __call__(self, images, spec, params, normalize):
+        if not self.failed:
+            try:
+                if self.fn is None:
+                    self.fn = torch.compile(apply_params, dynamic=False)
+                return self.fn(images, spec, params, normalize)
+            except Exception as e:          # noqa: BLE001 -- any compiler failure: eager
+                self.failed = True
+                log.warning("augment.compile: torch.compile failed (%s); augmenting in eager "
+                            "mode", str(e).splitlines()[0][:200] if str(e) else type(e).__name__)
+        return apply_params(images, spec, params, normalize)
+
+
 class ViewMaker:
     """All the views of a batch: the view groups in order, `count` views each.
 
     `make(images, generator)` samples every view's parameters (group by group, view by
     view, in that order: the random stream is fixed by the specs) and applies them.
-    Returns (views, params): lists with one entry per view."""
+    Returns (views, params): lists with one entry per view. compile=True applies them
+    through torch.compile (CompiledApply)."""
 
-    def __init__(self, specs: Sequence[ViewSpec], mean: Sequence[float], std: Sequence[float]):
+    def __init__(self, specs: Sequence[ViewSpec], mean: Sequence[float], std: Sequence[float],
+                 compile: bool = False):
         self.specs = list(specs)
         self.normalize = BatchNormalize(self.specs[0].size, mean, std)
         self.spec_of_view = [s for s in self.specs for _ in range(s.count)]
+        self.apply = CompiledApply() if compile else apply_params
 
     @property
     def num_views(self) -> int:
@@ -224,14 +307,27 @@ class ViewMaker:
         return [sample_params(s, n, height, width, generator, device) for s in self.spec_of_view]
 
     def make(self, images: torch.Tensor, generator: torch.Generator):
-        """images uint8 [B, 3, H, W] -> (views [B, 3, S_v, S_v] float32 normalised, params)."""
+        """images uint8 [B, 3, H, W] -> (views [B, 3, S_v, S_v] float32 normalised, params).
+
+        The parameters are drawn view by view; the views of one group are then made in one
+        pass over [count * B] images (every op is per sample, so this changes no value)."""
         b, _, height, width = images.shape
         views, params = [], []
-        for spec in self.spec_of_view:
-            p = sample_params(spec, b, height, width, generator, images.device)
-            views.append(apply_params(images, spec, p, self.normalize))
-            params.append(p)
+        for spec in self.specs:
+            ps = [sample_params(spec, b, height, width, generator, images.device)
+                  for _ in range(spec.count)]
+            if spec.count == 1:
+                views.append(self.apply(images, spec, ps[0], self.normalize))
+            else:
+                joined = {k: torch.cat([p[k] for p in ps]) for k in ps[0]}
+                x = images.repeat(spec.count, 1, 1, 1)
+                views.extend(self.apply(x, spec, joined, self.normalize).split(b))
+            params.extend(ps)
         return views, params
+
+    def draw_jitter(self, view: int, m: int, n: int, generator, device) -> torch.Tensor:
+        """[m, n, 4] fresh jitter factors of view `view`'s group."""
+        return draw_jitter(self.spec_of_view[view], m, n, generator, device)
 
     def replay(self, images: torch.Tensor, view: int, params: Params) -> torch.Tensor:
         """View `view` re-made from (possibly changed) parameters: differentiable in

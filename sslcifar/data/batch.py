@@ -21,12 +21,25 @@ class Batch:
             Empty when the pipeline cannot hand them back (pipeline=torchvision).
     replay: replay(v, params) re-makes view v from (changed) parameters, differentiably
             in their float factors; None when the pipeline cannot.
+    nuisance: which parameters a view is differentiable in, and fresh draws of them (the
+            invariance gradient penalty); None when the pipeline cannot.
     """
     views: List[torch.Tensor]
     index: torch.Tensor
     labels: torch.Tensor
     params: List[Params] = field(default_factory=list)
     replay: Optional[Callable[[int, Params], torch.Tensor]] = None
+    nuisance: Optional["Nuisance"] = None
 
     def __len__(self) -> int:
         return self.index.shape[0]
+
+
+@dataclass
+class Nuisance:
+    """The nuisance parameters of the views: `key` names their entry in Batch.params
+    (`jitter` [B, 4] for images: brightness, contrast, saturation, hue; `nuisance` [B, 6]
+    for Spirograph), and draw(view, m, n, generator) -> [m, n, P] draws m fresh sets of them
+    for n images from the augmentation's distribution."""
+    key: str
+    draw: Callable[[int, int, int, torch.Generator], torch.Tensor]

@@ -33,6 +33,30 @@ class ImageSet:
     def first(self, n: int) -> "ImageSet":
         return ImageSet(self.images[:n], self.labels[:n], self.classes)
 
+    def stratified(self, n: int) -> "ImageSet":
+        """n images with the same number per class (the first ones of each class, in the
+        data set's order; the n mod C left over go one each to the first classes): the
+        invariance-by-gradient reproduction's --proportion, for label-efficiency runs."""
+        index = stratified_index(self.labels, n)
+        return ImageSet(self.images[index], self.labels[index], self.classes)
+
+
+def stratified_index(labels: torch.Tensor, n: int) -> torch.Tensor:
+    """Sorted indices of n images, the same number per class (the first ones of each class;
+    the n mod C left over one each to the first classes)."""
+    classes = torch.unique(labels[labels >= 0])
+    per, extra = divmod(n, len(classes))
+    keep = []
+    for i, c in enumerate(classes.tolist()):
+        idx = (labels == c).nonzero().squeeze(1)
+        want = per + (1 if i < extra else 0)
+        if len(idx) < want:
+            raise UserError(f"dataset.subset={n} with subset_mode=stratified needs {want} "
+                            f"images of class {c}, the split has {len(idx)}. Fix: a smaller "
+                            f"dataset.subset")
+        keep.append(idx[:want])
+    return torch.cat(keep).sort().values
+
 
 # Official file names and md5 sums (as listed by torchvision) for the checksum warning.
 _CIFAR = {
@@ -126,47 +150,39 @@ def load_stl10(root: str, split: str, download: bool) -> ImageSet:
                     torch.from_numpy(np.concatenate(labels)), STL_CLASSES)
 
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-
-
-def load_imagefolder(root: str, split: str, size: int) -> ImageSet:
+def load_imagefolder(root: str, split: str, size: int, classes_file=None) -> ImageSet:
     """root/<split>/<class>/<image> (or root/<class>/<image> when root/<split> is absent).
 
     Each image is resized (shorter side to `size`, bilinear with antialias) and
-    centre-cropped to size x size once, at load time.
+    centre-cropped to size x size once, at load time. A file that cannot be decoded
+    (truncated, corrupt, not an image) is left out, with one warning naming the files.
     """
     from PIL import Image
-    base = Path(root).expanduser()
-    folder = base / split if (base / split).is_dir() else base
-    if folder == base and split == "test" and (base / "train").is_dir():
-        raise UserError(f"{base} has a train/ folder but no test/ folder. Fix: add "
-                        f"{base}/test/<class>/<image>, or set dataset.test_split to its name")
-    if folder == base and split == "test":
-        log.warning("%s has no test/ folder: the kNN monitor and linear evaluation score the "
-                    "training images themselves (set dataset.test_split to a held-out folder)", base)
-    if not folder.is_dir():
-        raise UserError(f"dataset.root={root!r} is not a folder. Fix: point dataset.root at "
-                        f"a folder of class sub-folders (root/<class>/<image>)")
-    classes = sorted(d.name for d in folder.iterdir() if d.is_dir())
-    files = [(p, c) for c, name in enumerate(classes)
-             for p in sorted((folder / name).rglob("*")) if p.suffix.lower() in IMAGE_EXTENSIONS]
-    if not files:
-        raise UserError(f"no images found under {folder} (expected {folder}/<class>/<image> with "
-                        f"extensions {', '.join(IMAGE_EXTENSIONS)}). Fix: point dataset.root at "
-                        f"the folder of class sub-folders")
-    images = np.empty((len(files), 3, size, size), dtype=np.uint8)
-    for i, (path, _) in enumerate(files):
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            w, h = im.size
-            scale = size / min(w, h)
-            nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-            im = im.resize((nw, nh), Image.BILINEAR)
-            left, top = (nw - size) // 2, (nh - size) // 2
-            im = im.crop((left, top, left + size, top + size))
-            images[i] = np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
-    labels = torch.tensor([c for _, c in files], dtype=torch.int64)
-    return ImageSet(torch.from_numpy(images), labels, classes)
+    from .folders import BadImage, list_images, open_rgb
+    paths, labels, classes = list_images(root, split, classes_file)
+    images = np.empty((len(paths), 3, size, size), dtype=np.uint8)
+    keep, bad = [], []
+    for i, path in enumerate(paths):
+        try:
+            im = open_rgb(path)
+        except BadImage as e:
+            bad.append(str(e))
+            continue
+        w, h = im.size
+        scale = size / min(w, h)
+        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+        im = im.resize((nw, nh), Image.BILINEAR)
+        left, top = (nw - size) // 2, (nh - size) // 2
+        im = im.crop((left, top, left + size, top + size))
+        images[i] = np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
+        keep.append(i)
+    if bad:
+        log.warning("%d unreadable image file(s) left out of %s (%s): %s", len(bad), root, split,
+                    "; ".join(bad[:5]) + (" ..." if len(bad) > 5 else ""))
+    if not keep:
+        raise UserError(f"no readable image under {root} ({split}). Fix: check the files")
+    index = torch.tensor(keep)
+    return ImageSet(torch.from_numpy(images)[index], labels[index], classes)
 
 
 def load_images(cfg_dataset, split: str) -> ImageSet:
@@ -177,7 +193,8 @@ def load_images(cfg_dataset, split: str) -> ImageSet:
         return load_cifar(d.name, d.root, which, d.download)
     if d.name == "stl10":
         return load_stl10(d.root, which, d.download)
-    if d.name == "imagefolder":
-        return load_imagefolder(d.root, which, d.size)
+    from .folders import FOLDER_DATASETS
+    if d.name in FOLDER_DATASETS:
+        return load_imagefolder(d.root, which, d.size, d.classes_file)
     raise UserError(f"dataset.name={d.name!r} is not an image data set "
-                    f"(cifar10, cifar100, stl10, imagefolder, spirograph)")
+                    f"(cifar10, cifar100, stl10, {', '.join(FOLDER_DATASETS)}, spirograph)")

@@ -21,36 +21,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from .augment import ViewSpec
 from .batch import Batch
+from .order import epoch_order, mix_seed, to_device
 from .views import view_specs
-
-_MIX = 1_000_003   # odd multiplier to combine seed parts into one 63-bit seed
-
-
-def mix_seed(*parts: int) -> int:
-    s = 0
-    for p in parts:
-        s = (s * _MIX + int(p) + 1) % (1 << 63)
-    return s
-
-
-def epoch_order(num_samples: int, batch_size: int, seed: int, epoch: int) -> torch.Tensor:
-    """[steps_per_epoch, batch_size] dataset indices of one epoch (drop_last), on the CPU.
-
-    Drawn on the CPU on every machine: a run sees the same images in the same
-    order on a CPU or a GPU, with its data on the GPU or in host memory, and in
-    either pipeline."""
-    g = torch.Generator().manual_seed(mix_seed(seed, epoch))
-    steps = num_samples // batch_size
-    perm = torch.randperm(num_samples, generator=g)
-    return perm[: steps * batch_size].view(steps, batch_size)
-
-
-def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Copy to `device` without making the host wait (pinned source on CUDA)."""
-    if device.type == "cuda":
-        return t.pin_memory().to(device, non_blocking=True)
-    return t.to(device)
-
 
 class DeviceBatches:
     """Views made on the device by the source itself (BatchAugment / Spirograph)."""
@@ -71,8 +43,9 @@ class DeviceBatches:
             g.manual_seed(mix_seed(self.seed, epoch, step, self.rank))
             # host indices too: a source holding its images in host memory gathers
             # with them, never reading indices back from the GPU
-            views, params, replay = self.source.views(index, g, host_index=host_order[step, sl])
-            yield Batch(views, index, self.source.labels[index], params, replay)
+            views, params, replay, nuisance = self.source.views(index, g,
+                                                                host_index=host_order[step, sl])
+            yield Batch(views, index, self.source.labels[index], params, replay, nuisance)
 
 
 def torchvision_transform(spec: ViewSpec, mean, std) -> "torchvision.transforms.Compose":
@@ -142,6 +115,10 @@ class TorchvisionBatches:
 
 def build_batches(cfg, source, rank: int, world: int, device: torch.device):
     d = cfg.dataset
+    if hasattr(source, "paths"):                 # a StreamSource: files decoded in workers
+        from .stream import StreamBatches
+        return StreamBatches(source, cfg.batch_size, cfg.seed, rank, world, d.num_workers,
+                             device, d.decode)
     if d.pipeline == "torchvision" and d.name != "spirograph":
         return TorchvisionBatches(source, view_specs(cfg.augment, d), d.mean, d.std,
                                   cfg.batch_size, cfg.seed, rank, world, d.num_workers, device)

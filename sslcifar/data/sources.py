@@ -20,6 +20,7 @@ import torch
 
 from ..errors import UserError
 from .augment import BatchNormalize, ViewMaker
+from .batch import Nuisance
 from .datasets import ImageSet, load_images
 from .spirograph import SpirographSource
 from .views import view_specs
@@ -82,10 +83,12 @@ class ImageSource:
 
     def views(self, index: torch.Tensor, generator: torch.Generator,
               host_index: Optional[torch.Tensor] = None):
-        """(views, params, replay) of the images `index` (see Batch)."""
+        """(views, params, replay, nuisance) of the images `index` (see Batch)."""
         x = self._gather(index, host_index)
         views, params = self.view_maker.make(x, generator)
-        return views, params, lambda v, p: self.view_maker.replay(x, v, p)
+        maker = self.view_maker
+        nuisance = Nuisance("jitter", lambda v, m, n, g: maker.draw_jitter(v, m, n, g, x.device))
+        return views, params, lambda v, p: maker.replay(x, v, p), nuisance
 
     def plain(self, index: torch.Tensor) -> torch.Tensor:
         return self.normalize(self._gather(index))
@@ -95,6 +98,26 @@ def _check_subset(d, available: int) -> None:
     if d.subset > available:
         raise UserError(f"dataset.subset={d.subset} is larger than the {d.name} training "
                         f"split ({available} images). Fix: dataset.subset<={available} or null")
+
+
+def _streams(d, split: str) -> bool:
+    """Whether a folder data set is streamed: pipeline=stream, or auto with a decoded copy
+    at dataset.size larger than the memory budget (said in the log)."""
+    if d.pipeline == "stream":
+        return True
+    if d.pipeline != "auto":
+        return False
+    from .folders import list_images
+    from .stream import decoded_bytes, memory_budget
+    which = d.train_split if split == "train" else d.test_split
+    n = len(list_images(d.root, which, d.classes_file)[0])
+    need, budget = decoded_bytes(n, d.size), memory_budget(d)
+    if need > budget:
+        log.info("dataset.pipeline=auto: streaming %s (%s) from disk: decoded at %d px it would "
+                 "take %.1f GB, over the memory budget of %.1f GB (dataset.memory_budget_mb)",
+                 d.root, which, d.size, need / 1e9, budget / 1e9)
+        return True
+    return False
 
 
 def build_source(cfg, split: str, device: torch.device, augment: bool = False):
@@ -111,13 +134,19 @@ def build_source(cfg, split: str, device: torch.device, augment: bool = False):
             _check_subset(d, n)
             src = src.first(d.subset)
         return src
+    from .folders import FOLDER_DATASETS
+    if d.name in FOLDER_DATASETS and _streams(d, split):
+        from .stream import StreamSource
+        specs = view_specs(cfg.augment, d) if augment else None
+        return StreamSource(d, split, device, specs)
     data = load_images(d, split)
     if split == "train" and d.subset is not None:
         _check_subset(d, len(data))
-        data = data.first(d.subset)
+        data = data.stratified(d.subset) if d.subset_mode == "stratified" else data.first(d.subset)
     if data.images.shape[-1] != d.size and d.name != "imagefolder":
         log.info("%s images are %dpx, resized to dataset.size=%d on the fly",
                  d.name, data.images.shape[-1], d.size)
     normalize = BatchNormalize(d.size, d.mean, d.std)
-    views = ViewMaker(view_specs(cfg.augment, d), d.mean, d.std) if augment else None
+    views = (ViewMaker(view_specs(cfg.augment, d), d.mean, d.std, cfg.augment.get("compile", False))
+             if augment else None)
     return ImageSource(data, device, views, normalize, d.placement)

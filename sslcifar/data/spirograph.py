@@ -114,14 +114,20 @@ class SpirographSource:
 
     def views(self, index: torch.Tensor, generator: torch.Generator,
               host_index: Optional[torch.Tensor] = None):
-        """(views, params, replay): `num_views` renderings, each with fresh nuisance."""
+        """(views, params, replay, nuisance): `num_views` renderings, each with fresh
+        nuisance parameters."""
+        from .batch import Nuisance
         p = self.params[index]
+        b = len(index)
         views, params = [], []
         for _ in range(self.num_views):
-            nuisance = sample_nuisance_params(len(index), generator, self.device)
+            nuisance = sample_nuisance_params(b, generator, self.device)
             views.append(self._render(p, nuisance))
             params.append({"nuisance": nuisance})
-        return views, params, lambda v, q: self._render(p, q["nuisance"])
+
+        def draw(v, m, n, g):
+            return sample_nuisance_params(m * n, g, self.device).view(m, n, -1)
+        return views, params, lambda v, q: self._render(p, q["nuisance"]), Nuisance("nuisance", draw)
 
     def plain(self, index: torch.Tensor) -> torch.Tensor:
         return self._render(self.params[index], self.fixed_nuisance[index])

@@ -19,7 +19,7 @@ from .augment import ViewSpec
 
 FIELDS = ("crop_scale", "crop_ratio", "interpolation", "flip_p", "jitter_p", "brightness",
           "contrast", "saturation", "hue", "grayscale_p", "blur_p", "blur_kernel_size",
-          "blur_sigma", "solarize_p", "solarize_threshold")
+          "blur_sigma", "solarize_p", "solarize_threshold", "jitter_mode")
 _PAIRS = ("crop_scale", "crop_ratio", "blur_sigma")
 
 
@@ -30,6 +30,9 @@ def _resolved(base: dict, group: dict, size: int, count: int) -> ViewSpec:
     return ViewSpec(size=int(size), count=int(count), **fields)
 
 
+JITTER_MODES = ("torchvision", "invclr")
+
+
 def view_specs(augment, dataset) -> List[ViewSpec]:
     """One ViewSpec per view group of cfg.augment, for images of cfg.dataset."""
     base = {k: augment[k] for k in FIELDS}
@@ -38,6 +41,11 @@ def view_specs(augment, dataset) -> List[ViewSpec]:
         if g.count < 1:
             raise UserError(f"augment.groups.{i}.count={g.count} is not allowed: needs >= 1")
         specs.append(_resolved(base, g, g.size or dataset.size, g.count))
+        if specs[-1].jitter_mode not in JITTER_MODES or specs[-1].interpolation not in (
+                "bilinear", "bicubic"):
+            raise UserError(f"augment.groups.{i}: jitter_mode={specs[-1].jitter_mode} / "
+                            f"interpolation={specs[-1].interpolation} is not allowed: use "
+                            f"{' or '.join(JITTER_MODES)} / bilinear or bicubic")
     if augment.small_crops:
         size = augment.small_size or dataset.get("small_size")
         if not size:

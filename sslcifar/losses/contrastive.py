@@ -87,7 +87,8 @@ def nt_xent_multi(z: torch.Tensor, ids: torch.Tensor, temperature: float = 0.1) 
 
 
 def supcon(features: torch.Tensor, labels: torch.Tensor = None, temperature: float = 0.07,
-           base_temperature: float = 0.07) -> torch.Tensor:
+           base_temperature: float = 0.07, skip_anchors_without_positive: bool = False
+           ) -> torch.Tensor:
     """Supervised contrastive loss L_out (Khosla et al., 2020, "Supervised Contrastive
     Learning", eq. 2), with SupContrast's scaling by T / base_T.
 
@@ -95,15 +96,18 @@ def supcon(features: torch.Tensor, labels: torch.Tensor = None, temperature: flo
     the same class) and all other views A(a) as the denominator:
         loss_a = -(T / base_T) · mean_{p in P(a)} [ s_ap/T - log sum_{k in A(a)} exp(s_ak/T) ]
     averaged over the anchors. With labels=None every image is its own class and
-    (V=2, T=base_T) this is exactly nt_xent. Anchors without any positive (a class
-    seen once, V=1) are left out of the mean instead of giving NaN; if no anchor
-    has one, the result is 0 (still connected to the graph).
+    (V=2, T=base_T) this is exactly nt_xent. An anchor without any positive (a class
+    seen once, V=1) contributes 0 and is counted in the mean, as SupContrast's current
+    SupConLoss (its divisor of the positives is clamped to 1; the first release gave NaN);
+    with skip_anchors_without_positive it is left out of the mean instead (if no anchor
+    has a positive the result is then 0, still connected to the graph).
 
     Args:
         features: [N, V, D] L2-normalised embeddings.
         labels: [N] class indices, or None for the self-supervised case.
         temperature: T > 0.
         base_temperature: base_T; the loss is multiplied by T / base_T.
+        skip_anchors_without_positive: leave such anchors out of the mean.
 
     Returns:
         Scalar loss.
@@ -127,6 +131,8 @@ def supcon(features: torch.Tensor, labels: torch.Tensor = None, temperature: flo
     num_pos = pos.sum(1)
     mean_log_prob_pos = log_prob.masked_fill(~pos, 0).sum(1) / num_pos.clamp_min(1)
     loss = -(temperature / base_temperature) * mean_log_prob_pos
+    if not skip_anchors_without_positive:
+        return loss.mean()                  # such anchors: 0, counted (SupContrast)
     # mean over the anchors that have a positive (0 when none has); written without
     # boolean indexing so that no host-device synchronisation happens on the GPU
     has_pos = (num_pos > 0).to(loss.dtype)

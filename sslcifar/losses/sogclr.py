@@ -17,8 +17,14 @@ class SogCLRLoss(nn.Module):
     mean for every training image i (a buffer indexed by the dataset index):
 
         g_i   = mean over the 2(B-1) in-batch negatives of exp(cos/T), per direction
-        u_i  <- (1 - gamma) · u_i + gamma · g_i     (gamma = 1 on a batch never seen)
-        stored u_i = mean of the two directions' estimates
+        u1_i  = (1 - gamma) · u_i + gamma · g1_i,   u2_i likewise from view 2
+
+    and what is stored for the next visit depends on the branch of the original code:
+        branch="cifar"    (the CIFAR branch, the one the SogCLR seed points to): gamma on the
+                          first visit too (u_i starts at 0, so u1_i = gamma · g1_i), and the
+                          two directions *summed*: u_i <- u1_i + u2_i
+        branch="imagenet" (the ImageNet branch): gamma = 1 for a batch whose every u is 0 (a
+                          batch never seen), and the two directions averaged: u_i <- (u1_i + u2_i)/2
 
     and descends with the gradient  -∇pos + mean_j [exp(s_j/T) / u_i] ∇s_j  per anchor
     and direction, summed over the two directions and averaged over the batch: exactly
@@ -37,6 +43,7 @@ class SogCLRLoss(nn.Module):
         num_samples: size of the training set (u has one entry per image).
         gamma: weight of the new estimate in the moving average, 0 < gamma <= 1.
         temperature: T > 0.
+        branch: "cifar" (default) or "imagenet", the original's rules above.
 
     Call: loss(z1 [B, D], z2 [B, D], index [B] int64) -> scalar; z not yet normalised.
     u is a buffer [num_samples, 1]: saved with the model, restored on resume.
@@ -44,12 +51,17 @@ class SogCLRLoss(nn.Module):
 
     LARGE = 1e9
 
-    def __init__(self, num_samples: int, gamma: float = 0.9, temperature: float = 0.3):
+    BRANCHES = ("cifar", "imagenet")
+
+    def __init__(self, num_samples: int, gamma: float = 0.9, temperature: float = 0.3,
+                 branch: str = "cifar"):
         super().__init__()
         _check_temperature(temperature)
         if not 0 < gamma <= 1:
             raise ValueError(f"gamma must be in (0, 1], got {gamma}")
-        self.gamma, self.temperature = gamma, temperature
+        if branch not in self.BRANCHES:
+            raise ValueError(f"branch {branch!r}: use cifar or imagenet")
+        self.gamma, self.temperature, self.branch = gamma, temperature, branch
         self.register_buffer("u", torch.zeros(num_samples, 1))
 
     def forward(self, z1: torch.Tensor, z2: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -67,12 +79,16 @@ class SogCLRLoss(nn.Module):
 
         with torch.no_grad():
             u_old = self.u[index].to(h1.dtype)                            # [B, 1]
-            gamma = 1.0 if u_old.sum() == 0 else self.gamma               # first visit of the batch
+            if self.branch == "imagenet":       # gamma 1 on a batch never seen (a host sync)
+                gamma = 1.0 if u_old.sum() == 0 else self.gamma
+            else:
+                gamma = self.gamma
         n_neg = 2 * (b - 1)
         u1 = (1 - gamma) * u_old + gamma * neg1.sum(1, keepdim=True).detach() / n_neg
         u2 = (1 - gamma) * u_old + gamma * neg2.sum(1, keepdim=True).detach() / n_neg
         with torch.no_grad():
-            self.u[index] = ((u1 + u2) / 2).to(self.u.dtype)
+            stored = u1 + u2 if self.branch == "cifar" else (u1 + u2) / 2
+            self.u[index] = stored.to(self.u.dtype)
 
         w1 = (neg1 / u1).detach()                                          # [B, 2B]
         w2 = (neg2 / u2).detach()

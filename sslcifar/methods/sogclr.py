@@ -17,6 +17,7 @@ class SogCLRConfig(ProjectorConfig):
 @dataclass
 class SogCLRLossConfig(TemperatureConfig):
     gamma: float = MISSING            # weight of the new estimate in the moving average u
+    branch: str = MISSING             # cifar | imagenet: the original code's u rules (losses/sogclr.py)
 
 
 @register
@@ -36,12 +37,15 @@ class SogCLR(Method):
     def from_config(cls, cfg, num_train: int, num_classes: int) -> "SogCLR":
         backbone = cls.make_backbone(cfg)
         projector = cls.make_projector(backbone.num_features, cfg.method)
-        return cls(backbone, projector, SogCLRLoss(num_train, cfg.loss.gamma, cfg.loss.temperature))
+        lc = cfg.loss
+        return cls(backbone, projector, SogCLRLoss(num_train, lc.gamma, lc.temperature, lc.branch))
 
     @classmethod
     def check_config(cls, cfg, view_sizes) -> None:
         super().check_config(cfg, view_sizes)
         require(0 < cfg.loss.gamma <= 1, "loss.gamma", cfg.loss.gamma, "needs 0 < gamma <= 1")
+        require(cfg.loss.branch in SogCLRLoss.BRANCHES, "loss.branch", cfg.loss.branch,
+                "use cifar or imagenet")
 
     def forward(self, batch) -> dict:
         b = batch.views[0].shape[0]

@@ -1,0 +1,119 @@
+"""Does each method learn? Every method at CPU scale on real CIFAR-10, side by side.
+
+    python bench/methods.py --data-root ~/.cache/cifar10            # all methods, about 2 h on 2 cores
+    python bench/methods.py --data-root DIR --methods byol,simsiam --epochs 10
+
+The same for every method: ResNet-18 width 16, the first 10,000 training images, 10
+epochs, batch 256, the method's own recipe otherwise (its preset; warm-up shortened to
+1 epoch), then kNN top-1 on the 10,000 test images (k 200, T 0.1, the training loop's
+final evaluation) and the fast linear probe (L-BFGS on frozen features of the same 10,000
+training images). `pretrained=random` (the seeded initialisation every run starts from)
+is the baseline. Prints a Markdown table; each run's directory is kept under --out.
+"""
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+# method -> (script, its recipe's overrides)
+RECIPES = {
+    "simclr": ("simclr.py", []),
+    "moco": ("moco.py", []),
+    "byol": ("simclr.py", ["experiment=byol_cifar10"]),
+    "simsiam": ("simclr.py", ["experiment=simsiam_cifar10"]),
+    "barlow_twins": ("simclr.py", ["experiment=barlow_twins_cifar10"]),
+    "vicreg": ("simclr.py", ["experiment=vicreg_cifar10"]),
+    "mocov3": ("simclr.py", ["experiment=mocov3_cifar10"]),
+    "dino": ("simclr.py", ["experiment=dino_cifar10"]),
+    "swav": ("simclr.py", ["experiment=swav_cifar10"]),
+}
+
+
+class Failed(Exception):
+    """A run that ended with an error line (a diverged loss, say): its row says so."""
+
+
+def run(cmd, log):
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+    log.write_text(proc.stdout + proc.stderr)
+    if proc.returncode:
+        last = (proc.stderr.strip().splitlines() or ["?"])[-1]
+        raise Failed(last if last.startswith("error:") else f"exit {proc.returncode}: {last}")
+    return proc.stdout, time.perf_counter() - t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data-root", required=True, help="CIFAR-10 python layout (make_cifar10.py)")
+    ap.add_argument("--methods", default=",".join(RECIPES))
+    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--subset", type=int, default=10000)
+    ap.add_argument("--width", type=int, default=16)
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--out", default="outputs/bench_methods")
+    ap.add_argument("--warmup", default="1", help="warm-up epochs of the presets' recipes: N, "
+                    "or per method, e.g. 1,vicreg=3 (VICReg diverges with 1: see the README)")
+    ap.add_argument("--no-random", action="store_true", help="leave out the random baseline")
+    args = ap.parse_args()
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    common = [f"dataset.root={args.data_root}", f"dataset.subset={args.subset}",
+              f"backbone.width={args.width}", f"batch_size={args.batch}", f"epochs={args.epochs}",
+              "eval.knn_every=0", "progress=false", "tensorboard=false", "device=cpu"]
+    probe = [f"dataset.root={args.data_root}", f"dataset.subset={args.subset}", "recipe=fast",
+             "progress=false", "device=cpu"]
+    warmups = dict(w.split("=") if "=" in w else ("*", w) for w in args.warmup.split(","))
+    rows = []
+    for name in ([] if args.no_random else ["random"]) + args.methods.split(","):
+        if name == "random":
+            stdout, _ = run([sys.executable, "linear_eval.py", "pretrained=random",
+                             f"backbone.width={args.width}", *probe,
+                             f"hydra.run.dir={out / 'random'}"], out / "random.log")
+            knn, _ = run([sys.executable, "-m", "sslcifar.knn", "pretrained=random",
+                          f"backbone.width={args.width}", f"dataset.root={args.data_root}",
+                          f"max_train={args.subset}", "progress=false", "device=cpu",
+                          f"hydra.run.dir={out / 'random_knn'}"], out / "random_knn.log")
+            rows.append((name, float(re.search(r"top1=([\d.]+)", knn).group(1)),
+                         float(re.search(r"top1=([\d.]+)", stdout).group(1)), None, None))
+            print(rows[-1], flush=True)
+            continue
+        script, recipe = RECIPES[name]
+        run_dir = out / name
+        warmup = [f"scheduler.warmup_epochs={warmups.get(name, warmups.get('*', '1'))}"] if recipe else []
+        try:
+            _, seconds = run([sys.executable, script, *recipe, *common, *warmup,
+                              f"hydra.run.dir={run_dir}"], out / f"{name}.log")
+        except Failed as e:
+            rows.append((name, None, None, None, str(e)))
+            print(rows[-1], flush=True)
+            continue
+        done = json.loads((run_dir / "done.json").read_text())
+        stdout, _ = run([sys.executable, "linear_eval.py", f"pretrained={run_dir}", *probe,
+                         f"hydra.run.dir={out / (name + '_linear')}"], out / f"{name}_linear.log")
+        rows.append((name, done["knn_top1"], float(re.search(r"top1=([\d.]+)", stdout).group(1)),
+                     seconds, done.get("z_std")))
+        print(rows[-1], flush=True)
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if "model name" in l), "?")
+    print(f"\n{cpu}, {os.cpu_count()} cores; ResNet-18 width {args.width}, {args.subset} CIFAR-10 "
+          f"training images, {args.epochs} epochs, batch {args.batch}\n")
+    print("| method | kNN top-1 | fast linear top-1 | pretraining wall time | z_std (last epoch) |")
+    print("| --- | --- | --- | --- | --- |")
+    for name, knn, lin, sec, std in rows:
+        if knn is None:                     # a failed run: its error line
+            print(f"| {name} | - | - | - | {std} |")
+            continue
+        wall = f"{sec / 60:.1f} min" if sec else "-"
+        print(f"| {name} | {knn:.2f} | {lin:.2f} | {wall} | {std:.4f} |" if std is not None
+              else f"| {name} | {knn:.2f} | {lin:.2f} | {wall} | - |")
+
+
+if __name__ == "__main__":
+    main()

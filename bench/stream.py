@@ -1,0 +1,134 @@
+"""The streaming pipeline against torchvision's per-image ImageFolder pipeline.
+
+    python bench/stream.py                           # 1000 JPEGs of 256-500 px, 224 px views
+    python bench/stream.py --images 2000 --size 96 --workers 2
+
+A folder of JPEGs of 256-500 px on a side is written first (the workplace's CIFAR-10
+images, upscaled; ../shared/data). Then, each in its own process (so that its peak memory
+is its own), as many two-view batches as fit in --seconds are made by
+  ours:        dataset.pipeline=stream: workers decode each file once (JPEG draft mode when
+               the crops are small), crop and resize both views on the full image; the colour
+               ops (jitter in a random order, grayscale) run batched in the main process;
+  torchvision: datasets.ImageFolder with the same augmentation per image (RandomResizedCrop,
+               flip, ColorJitter, RandomGrayscale, ToTensor, Normalize) twice per image.
+Both with the same DataLoader workers. Prints images/s (an image = its two views) and the
+peak RSS of the main process plus its workers, and the ratio.
+"""
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def make_folder(root: Path, n: int, seed: int = 0) -> None:
+    """n JPEGs (quality 90) of random sizes in 256-500 px, in 10 class folders."""
+    import io
+    import random
+    from PIL import Image
+    if (root / "done").exists():
+        return
+    shared = Path(os.environ.get("SSLCIFAR_SHARED_DATA", REPO.parent / "shared" / "data"))
+    rng = random.Random(seed)
+    written = 0
+    with tarfile.open(shared / "cifar10-jpeg.tar.gz") as tar:
+        for m in tar:
+            parts = m.name.split("/")
+            if not m.isfile() or len(parts) != 3 or parts[0] != "train":
+                continue
+            img = Image.open(io.BytesIO(tar.extractfile(m).read())).convert("RGB")
+            w, h = rng.randint(256, 500), rng.randint(256, 500)
+            folder = root / "train" / parts[1]
+            folder.mkdir(parents=True, exist_ok=True)
+            img.resize((w, h), Image.BICUBIC).save(folder / parts[2], quality=90)
+            written += 1
+            if written == n:
+                break
+    (root / "done").write_text("")
+
+
+def peak_rss_mib() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return (own + kids) / 1024
+
+
+def one(kind: str, root: Path, size: int, batch: int, workers: int, seconds: float) -> dict:
+    import torch
+    torch.set_num_threads(max(1, os.cpu_count() - workers) if workers else os.cpu_count())
+    if kind == "ours":
+        from hydra import compose, initialize_config_dir
+        from sslcifar.config import register_configs
+        from sslcifar.data.sources import build_source
+        from sslcifar.data.stream import StreamBatches
+        register_configs()
+        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+            cfg = compose("simclr", ["dataset=imagefolder", f"dataset.root={root}",
+                                     f"dataset.size={size}", "dataset.pipeline=stream"])
+        src = build_source(cfg, "train", torch.device("cpu"), augment=True)
+        it = iter(StreamBatches(src, batch, 0, 0, 1, workers, torch.device("cpu")).epoch(0))
+        get = lambda: next(it).views  # noqa: E731
+    else:
+        from torch.utils.data import DataLoader
+        from torchvision import datasets, transforms as T
+        tf = T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(),
+                        T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+                        T.RandomGrayscale(0.2), T.ToTensor(),
+                        T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+        ds = datasets.ImageFolder(str(root / "train"), transform=lambda im: (tf(im), tf(im)))
+        it = iter(DataLoader(ds, batch_size=batch, shuffle=True, num_workers=workers,
+                             drop_last=True))
+        get = lambda: next(it)[0]  # noqa: E731
+    get()                                          # workers up, first batch out
+    t, images = time.perf_counter(), 0
+    while time.perf_counter() - t < seconds:
+        try:
+            get()
+        except StopIteration:
+            break
+        images += batch
+    return {"images_per_s": images / (time.perf_counter() - t), "peak_rss_mib": peak_rss_mib()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--images", type=int, default=1000)
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--workers", type=int, default=os.cpu_count())
+    ap.add_argument("--seconds", type=float, default=30.0)
+    ap.add_argument("--folder", default="outputs/bench_stream_images")
+    ap.add_argument("--one", choices=("ours", "torchvision"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    root = Path(args.folder).resolve()
+    if args.one:
+        print(json.dumps(one(args.one, root, args.size, args.batch, args.workers, args.seconds)))
+        return
+    make_folder(root, args.images)
+    res = {}
+    for kind in ("torchvision", "ours"):
+        proc = subprocess.run([sys.executable, __file__, "--one", kind, "--folder", str(root),
+                               "--size", str(args.size), "--batch", str(args.batch),
+                               "--workers", str(args.workers), "--seconds", str(args.seconds)],
+                              capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
+        if proc.returncode:
+            sys.exit(proc.stderr[-3000:])
+        res[kind] = json.loads(proc.stdout.strip().splitlines()[-1])
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if "model name" in l), "?")
+    print(f"{cpu}, {os.cpu_count()} cores; {args.images} JPEGs of 256-500 px, two {args.size} px "
+          f"views per image, batch {args.batch}, {args.workers} DataLoader workers each")
+    for kind in ("torchvision", "ours"):
+        r = res[kind]
+        print(f"  {kind:12s} {r['images_per_s']:8.1f} images/s   peak RSS {r['peak_rss_mib']:7.0f} MiB")
+    print(f"stream_speedup={res['ours']['images_per_s'] / res['torchvision']['images_per_s']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

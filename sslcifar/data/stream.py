@@ -1,0 +1,309 @@
+"""Data larger than memory: image files streamed through DataLoader workers
+(`dataset.pipeline=stream`, or `auto` when the decoded set would not fit
+`dataset.memory_budget_mb`).
+
+In a worker, per image: the file is read and decoded once (PIL; a JPEG at the smallest
+DCT scale that still covers every view's crop, libjpeg's draft mode), then each view's
+RandomResizedCrop box is drawn on the *full* image and the crop resized to its view
+group's size. Only the small uint8 views (and their boxes and flips) cross the process
+boundary, into pinned memory. On the training device the colour operations (jitter,
+grayscale, blur, solarize) and the normalisation run batched, exactly as for in-memory
+data, and every view hands back its parameters.
+
+The randomness of a crop is a function of (seed, epoch, image index, view), never of a
+worker's state: any number of workers, and a resume at any step, gives the same views;
+each rank reads its slice of the global batch as the in-memory path does.
+
+Evaluation streams too: each image's shorter side resized to size / 0.875 (256 -> 224
+on ImageNet, scaled for other sizes) and centre-cropped, in one pass through the workers.
+"""
+import logging
+import math
+from typing import Iterator, List, Optional
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .augment import BatchNormalize, ViewSpec, colour, draw_jitter, sample_colour
+from .batch import Batch, Nuisance
+from .datasets import stratified_index
+from .folders import BadImage, list_images, open_rgb
+from .order import epoch_order, mix_seed, to_device
+from .ops import sample_crop_boxes
+
+log = logging.getLogger(__name__)
+
+EVAL_CROP = 0.875       # the centre crop takes 87.5% of the resized shorter side (224 of 256)
+
+
+def _uint8(im) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+
+def _resample(name: str):
+    from PIL import Image
+    return Image.BICUBIC if name == "bicubic" else Image.BILINEAR
+
+
+def image_size(path):
+    """(width, height) from the file's header, without decoding it. Raises BadImage."""
+    from PIL import Image, UnidentifiedImageError
+    try:
+        with Image.open(path) as head:
+            return head.size
+    except (OSError, SyntaxError, ValueError, UnidentifiedImageError) as e:
+        raise BadImage(f"{path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+
+
+def draw_geometry(width: int, height: int, specs: List[ViewSpec], seeds: List[int]):
+    """Each view's RandomResizedCrop box [top, left, h, w] on the full image and its flip,
+    from its own seed (a function of seed, epoch, image, view: no worker state)."""
+    boxes, flips = [], []
+    for spec, seed in zip(specs, seeds):
+        g = torch.Generator().manual_seed(seed)
+        boxes.append([int(t) for t in sample_crop_boxes(1, height, width, spec.crop_scale,
+                                                        spec.crop_ratio, g, "cpu")])
+        flips.append(bool(torch.rand(1, generator=g) < spec.flip_p))
+    return boxes, flips
+
+
+def decode_views(path, specs: List[ViewSpec], seeds: List[int]):
+    """The views of one file: for view v, a crop box drawn (from seeds[v]) as
+    RandomResizedCrop on the full-resolution image, the crop resized to the view's size,
+    flipped with p=flip_p. Returns (views [3, S_v, S_v] uint8, boxes [V, 4] in full-image
+    pixels, flips [V] bool). Raises BadImage."""
+    from PIL import Image
+    width, height = image_size(path)
+    boxes, flips = draw_geometry(width, height, specs, seeds)
+    # decode once, at a scale that keeps every crop at least its output size
+    scale = max(spec.size / min(h, w) for spec, (_, _, h, w) in zip(specs, boxes))
+    draft = (max(1, math.ceil(width * scale)), max(1, math.ceil(height * scale)))
+    im = open_rgb(path, draft if scale < 1 else None)
+    sx, sy = im.size[0] / width, im.size[1] / height
+    views = []
+    for spec, (top, left, h, w), flip in zip(specs, boxes, flips):
+        crop = im.resize((spec.size, spec.size), _resample(spec.interpolation),
+                         box=(left * sx, top * sy, (left + w) * sx, (top + h) * sy))
+        if flip:
+            crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
+        views.append(_uint8(crop))
+    return views, torch.tensor(boxes), torch.tensor(flips)
+
+
+def decode_plain(path, size: int) -> torch.Tensor:
+    """Evaluation's image: shorter side to round(size / 0.875), centre crop size x size."""
+    from PIL import Image
+    width, height = image_size(path)
+    short = round(size / EVAL_CROP) if size >= 64 else size          # CIFAR-sized: no margin
+    scale = short / min(width, height)
+    im = open_rgb(path, (math.ceil(width * scale), math.ceil(height * scale)))
+    nw, nh = max(short, round(width * scale)), max(short, round(height * scale))
+    im = im.resize((nw, nh), Image.BILINEAR)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    return _uint8(im.crop((left, top, left + size, top + size)))
+
+
+class _Views(Dataset):
+    """Item (index, seed of the image this epoch) -> (views, boxes, flips, index, bad path).
+    A file that cannot be decoded is replaced by the next readable one (deterministically),
+    and its path comes back, for the main process to report."""
+
+    def __init__(self, paths, specs: List[ViewSpec]):
+        self.paths = paths
+        self.specs = [s for s in specs for _ in range(s.count)]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, item):
+        i, seed = item
+        bad = ""
+        for attempt in range(len(self.paths)):
+            j = (i + attempt) % len(self.paths)
+            try:
+                seeds = [mix_seed(seed, v) for v in range(len(self.specs))]
+                views, boxes, flips = decode_views(self.paths[j], self.specs, seeds)
+                return views, boxes, flips, i, bad
+            except BadImage as e:
+                bad = bad or str(e)
+        raise RuntimeError("no readable image in the data set")
+
+
+class _Plain(Dataset):
+    def __init__(self, paths, size: int):
+        self.paths, self.size = paths, size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        try:
+            return decode_plain(self.paths[i], self.size), ""
+        except BadImage as e:       # scored as a black image, and reported
+            return torch.zeros(3, self.size, self.size, dtype=torch.uint8), str(e)
+
+
+class StreamSource:
+    """A folder data set read from disk: training views through `StreamBatches`, plain
+    images through `plain_batches` (workers) or `plain` (in this process)."""
+    task = "classification"
+    on_host = True
+
+    def __init__(self, d, split: str, device: torch.device, specs: Optional[List[ViewSpec]]):
+        which = d.train_split if split == "train" else d.test_split
+        self.paths, labels, self.classes = list_images(d.root, which, d.classes_file)
+        if split == "train" and d.subset is not None:
+            keep = (stratified_index(labels, d.subset) if d.subset_mode == "stratified"
+                    else torch.arange(d.subset))
+            self.paths = [self.paths[i] for i in keep.tolist()]
+            labels = labels[keep]
+        self.device = device
+        self.labels = labels.to(device)
+        self.targets = self.labels
+        self.size, self.num_workers = d.size, d.num_workers
+        self.specs = specs
+        self.normalize = BatchNormalize(d.size, d.mean, d.std)
+        self.reported = set()
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def has_labels(self) -> bool:
+        return bool((self.labels >= 0).any())
+
+    def report(self, bad: List[str]) -> None:
+        """Unreadable files: one warning each, the first time they are met."""
+        for b in bad:
+            if b and b not in self.reported:
+                self.reported.add(b)
+                log.warning("unreadable image skipped (replaced by the next one): %s", b)
+
+    def plain(self, index: torch.Tensor) -> torch.Tensor:
+        items = [_Plain(self.paths, self.size)[int(i)] for i in index.tolist()]
+        self.report([b for _, b in items])
+        x = torch.stack([x for x, _ in items])
+        return self.normalize(to_device(x, self.device))
+
+    def plain_batches(self, index: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
+        """The plain images of `index`, in order, decoded by DataLoader workers."""
+        order = index.tolist()
+        batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+        loader = DataLoader(_Plain(self.paths, self.size), batch_sampler=batches,
+                            num_workers=self.num_workers, pin_memory=self.device.type == "cuda")
+        for x, bad in loader:
+            self.report(list(bad))
+            yield self.normalize(x.to(self.device, non_blocking=True))
+
+
+class _Bytes(_Views):
+    """For decode=cuda: the worker reads the file and draws the crop boxes on its full size
+    (from the JPEG header); the decode runs batched on the GPU (nvJPEG)."""
+
+    def __getitem__(self, item):
+        import torchvision
+        i, seed = item
+        bad = ""
+        for attempt in range(len(self.paths)):
+            path = self.paths[(i + attempt) % len(self.paths)]
+            try:
+                width, height = image_size(path)
+                boxes, flips = draw_geometry(width, height, self.specs,
+                                             [mix_seed(seed, v) for v in range(len(self.specs))])
+                return (torchvision.io.read_file(str(path)), torch.tensor(boxes),
+                        torch.tensor(flips), i, bad)
+            except BadImage as e:
+                bad = bad or str(e)
+        raise RuntimeError("no readable image in the data set")
+
+
+def _collate_bytes(items):
+    data, boxes, flips, index, bad = zip(*items)
+    return list(data), torch.stack(boxes), torch.stack(flips), torch.tensor(index), list(bad)
+
+
+def _gpu_views(data: List[torch.Tensor], boxes: torch.Tensor, flips: torch.Tensor,
+               specs: List[ViewSpec], device) -> List[torch.Tensor]:
+    """nvJPEG-decoded images cropped and resized per view on the GPU: [B, 3, S, S] uint8 each."""
+    import torch.nn.functional as F
+    import torchvision
+    images = torchvision.io.decode_jpeg(data, device=device, mode=torchvision.io.ImageReadMode.RGB)
+    views = []
+    for v, spec in enumerate(specs):
+        out = []
+        for img, (top, left, h, w), flip in zip(images, boxes[:, v].tolist(), flips[:, v].tolist()):
+            crop = img[:, top:top + h, left:left + w].float()[None]
+            crop = F.interpolate(crop, size=(spec.size, spec.size), mode=spec.interpolation,
+                                 align_corners=False, antialias=True)
+            out.append(crop.flip(-1) if flip else crop)
+        views.append(torch.cat(out).round_().clamp_(0, 255).to(torch.uint8))
+    return views
+
+
+class StreamBatches:
+    """The training batches of a StreamSource: same order and rank slices as DeviceBatches.
+    decode=cuda decodes on the GPU (torchvision's batched nvJPEG, as DALI's mixed decoder);
+    without a GPU it falls back to the workers' decode, saying so."""
+
+    def __init__(self, source: StreamSource, batch_size: int, seed: int, rank: int, world: int,
+                 num_workers: int, device: torch.device, decode: str = "cpu"):
+        self.source, self.batch_size, self.seed = source, batch_size, seed
+        self.rank, self.world, self.local = rank, world, batch_size // world
+        self.steps_per_epoch = len(source) // batch_size
+        self.device, self.num_workers = device, num_workers
+        self.gpu_decode = decode == "cuda" and device.type == "cuda"
+        if decode == "cuda" and not self.gpu_decode:
+            log.warning("dataset.decode=cuda needs a CUDA device: decoding in the workers instead")
+        self.dataset = (_Bytes if self.gpu_decode else _Views)(source.paths, source.specs)
+        self.spec_of_view = self.dataset.specs
+
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
+        order = epoch_order(len(self.source), self.batch_size, self.seed, epoch)
+        sl = slice(self.rank * self.local, (self.rank + 1) * self.local)
+        batches = [[(int(i), mix_seed(self.seed, epoch, int(i))) for i in order[s, sl]]
+                   for s in range(start_step, self.steps_per_epoch)]
+        loader = DataLoader(self.dataset, batch_sampler=batches, num_workers=self.num_workers,
+                            pin_memory=self.device.type == "cuda", persistent_workers=False,
+                            collate_fn=_collate_bytes if self.gpu_decode else None)
+        src, norm = self.source, self.source.normalize
+        for step, (views, boxes, flips, index, bad) in enumerate(loader, start=start_step):
+            src.report(list(bad))
+            index = index.to(self.device, non_blocking=True)
+            g = torch.Generator(device=self.device)
+            g.manual_seed(mix_seed(self.seed, epoch, step, self.rank))
+            if self.gpu_decode:
+                images = _gpu_views(views, boxes, flips, self.spec_of_view, self.device)
+            else:
+                images = [v.to(self.device, non_blocking=True) for v in views]
+            out, params = [], []
+            for v, (x, spec) in enumerate(zip(images, self.spec_of_view)):
+                p = sample_colour(spec, len(x), g, self.device)
+                p["box"], p["flip"] = boxes[:, v].to(self.device), flips[:, v].to(self.device)
+                out.append(norm.normalize(colour(x.float().div_(255), spec, p)))
+                params.append(p)
+            specs = self.spec_of_view
+
+            def replay(v, p, images=images):      # the crop stays; the colour is redone
+                return norm.normalize(colour(images[v].float().div(255), specs[v], p))
+
+            def draw(v, m, n, gen):
+                return draw_jitter(specs[v], m, n, gen, self.device)
+            yield Batch(out, index, src.labels[index], params, replay, Nuisance("jitter", draw))
+
+
+def decoded_bytes(num_images: int, size: int) -> int:
+    """The memory an in-memory copy at dataset.size would take (uint8, 3 channels)."""
+    return num_images * 3 * size * size
+
+
+def memory_budget(d) -> int:
+    """dataset.memory_budget_mb in bytes, or half of the host's available memory."""
+    if d.memory_budget_mb is not None:
+        return int(d.memory_budget_mb * 2**20)
+    try:
+        with open("/proc/meminfo") as f:
+            avail = next(int(l.split()[1]) * 1024 for l in f if l.startswith("MemAvailable"))
+        return avail // 2
+    except (OSError, StopIteration):
+        return 8 * 2**30

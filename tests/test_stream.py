@@ -1,0 +1,126 @@
+"""The streaming pipeline on a folder of real JPEG files of a few hundred pixels (CIFAR-10
+images of the shared archive, upscaled to 320 x 240), with a truncated JPEG and a text file
+named .jpg among them."""
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from sslcifar.data.datasets import load_cifar
+from sslcifar.data.sources import build_source
+from sslcifar.data.stream import StreamBatches, StreamSource
+
+from .conftest import TINY, run
+from .test_config import compose_cfg
+
+W, H = 320, 240
+
+
+@pytest.fixture(scope="module")
+def jpeg_folder(tmp_path_factory, cifar_root):
+    """root/{train,test}/<class>/*.jpg: 6 train and 2 test images per class (60 + 20)."""
+    from PIL import Image
+    root = tmp_path_factory.mktemp("jpegs")
+    data = load_cifar("cifar10", str(cifar_root), "train", download=False)
+    for split, per, offset in (("train", 6, 0), ("test", 2, 6)):
+        for c in range(10):
+            folder = root / split / f"class{c}"
+            folder.mkdir(parents=True)
+            idx = (data.labels == c).nonzero().squeeze(1)[offset:offset + per]
+            for k, i in enumerate(idx.tolist()):
+                img = Image.fromarray(data.images[i].permute(1, 2, 0).numpy()).resize((W, H), Image.BICUBIC)
+                img.save(folder / f"{k}.jpg", quality=90)
+    good = (root / "train" / "class0" / "0.jpg").read_bytes()
+    (root / "train" / "class0" / "truncated.jpg").write_bytes(good[: len(good) // 3])
+    (root / "train" / "class1" / "notes.jpg").write_text("not an image")
+    return root
+
+
+def _cfg(root, *extra):
+    return compose_cfg(overrides=["dataset=imagefolder", f"dataset.root={root}", "dataset.size=64",
+                                  "dataset.num_workers=0", *extra])
+
+
+def test_auto_streams_when_the_decoded_set_is_over_budget(jpeg_folder, caplog):
+    with caplog.at_level(logging.INFO):
+        src = build_source(_cfg(jpeg_folder, "dataset.memory_budget_mb=0"), "train",
+                           torch.device("cpu"), augment=True)
+    assert isinstance(src, StreamSource) and len(src) == 62          # the bad files are listed
+    assert "streaming" in caplog.text and "memory budget" in caplog.text
+    in_memory = build_source(_cfg(jpeg_folder, "dataset.memory_budget_mb=1000"), "train",
+                             torch.device("cpu"), augment=True)
+    assert not isinstance(in_memory, StreamSource)
+    assert len(in_memory) == 60                                       # decoded: the 2 bad ones left out
+
+
+def _batches(root, *extra, rank=0, world=1, workers=0):
+    cfg = _cfg(root, "dataset.pipeline=stream", "augment.small_crops=2", "augment.small_size=24",
+               "batch_size=16", *extra)
+    src = build_source(cfg, "train", torch.device("cpu"), augment=True)
+    return StreamBatches(src, 16, seed=3, rank=rank, world=world, num_workers=workers,
+                         device=torch.device("cpu"))
+
+
+def test_views_are_cropped_from_the_full_image_at_each_groups_size(jpeg_folder):
+    batches = list(_batches(jpeg_folder).epoch(0))
+    assert len(batches) == 3                                         # 62 images // 16
+    b = batches[0]
+    assert [tuple(v.shape) for v in b.views] == [(16, 3, 64, 64)] * 2 + [(16, 3, 24, 24)] * 2
+    boxes = torch.cat([p["box"] for bt in batches for p in bt.params])
+    # the old in-memory copy was the centre 240 x 240 square: crops reach outside it
+    left, width = boxes[:, 1], boxes[:, 3]
+    assert ((left < (W - H) // 2) | (left + width > (W + H) // 2)).any()
+    assert (boxes[:, 0] + boxes[:, 2] <= H).all() and (left + width <= W).all()
+    assert {"jitter", "order", "gray", "box", "flip"} <= set(b.params[0])
+    # a replayed view is the view (the crop stays, the colour is re-made)
+    torch.testing.assert_close(b.replay(1, b.params[1]), b.views[1])
+    # every item of the folder, the truncated JPEG and the text file too: no crash, the bad
+    # ones replaced by the next readable image and named by path
+    dataset = _batches(jpeg_folder).dataset
+    bad = [dataset[(i, 0)][4] for i in range(len(dataset))]
+    named = [b for b in bad if b]
+    assert len(named) == 2 and any("truncated.jpg" in b for b in named) and \
+        any("notes.jpg" in b for b in named)
+
+
+def test_resume_at_any_step_with_any_number_of_workers_and_rank_shards(jpeg_folder):
+    whole = list(_batches(jpeg_folder, workers=0).epoch(1))
+    later = list(_batches(jpeg_folder, workers=2).epoch(1, start_step=1))
+    for a, b in zip(whole[1:], later):
+        assert torch.equal(a.index, b.index)
+        assert all(torch.equal(x, y) for x, y in zip(a.views, b.views))
+    r0 = list(_batches(jpeg_folder, rank=0, world=2).epoch(1))
+    r1 = list(_batches(jpeg_folder, rank=1, world=2).epoch(1))
+    for w, a, b in zip(whole, r0, r1):
+        assert torch.equal(torch.cat([a.index, b.index]), w.index)    # disjoint halves, the batch
+        assert not set(a.index.tolist()) & set(b.index.tolist())
+
+
+def test_evaluation_streams_the_resized_centre_crops(jpeg_folder):
+    cfg = _cfg(jpeg_folder, "dataset.pipeline=stream", "dataset.size=32")
+    src = build_source(cfg, "test", torch.device("cpu"))
+    index = torch.arange(len(src))
+    streamed = torch.cat(list(src.plain_batches(index, 8)))
+    assert streamed.shape == (20, 3, 32, 32)
+    torch.testing.assert_close(streamed, src.plain(index))
+    # shorter side 240 -> 32, centre crop: the same as the in-memory copy's pixels
+    memory = build_source(_cfg(jpeg_folder, "dataset.pipeline=device", "dataset.size=32"), "test",
+                          torch.device("cpu"))
+    assert (streamed - memory.plain(index)).abs().max() < 0.05
+
+
+@pytest.mark.slow
+def test_training_streams_end_to_end_and_resumes_bit_identically(tmp_path, jpeg_folder):
+    common = [*TINY, "dataset=imagefolder", f"dataset.root={jpeg_folder}", "dataset.size=32",
+              "dataset.pipeline=stream", "dataset.num_workers=2", "epochs=2", "eval.knn_every=0"]
+    full, split = tmp_path / "full", tmp_path / "split"
+    proc = run("simclr.py", *common, f"hydra.run.dir={full}")
+    assert "unreadable image skipped" in proc.stderr + proc.stdout
+    run("simclr.py", *common, "max_steps=4", f"hydra.run.dir={split}")
+    run("simclr.py", *common, "resume=true", "dataset.num_workers=0", f"hydra.run.dir={split}")
+    a = torch.load(full / "checkpoints" / "last.pt", weights_only=True)
+    b = torch.load(split / "checkpoints" / "last.pt", weights_only=True)
+    assert a["step"] == b["step"] == 6
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
