@@ -193,16 +193,17 @@ def test_a_methods_options_are_its_own():
     assert compose_cfg(overrides=["method=sogclr", "loss.gamma=0.5"]).loss.gamma == 0.5
 
 
-@pytest.mark.parametrize("alias, key, value", [("moco_k", "method.queue_size", 8192),
-                                               ("moco_t", "loss.temperature", 0.05),
-                                               ("moco_m", "method.momentum", 0.5)])
-def test_the_original_moco_names_win_over_a_preset(tmp_path, alias, key, value):
+@pytest.mark.parametrize("preset", ["moco_v2_cifar10", "moco_cifar10_demo"])
+def test_the_original_moco_names_win_over_a_preset(preset):
     """`python moco.py experiment=moco_v2_cifar10 moco_k=8192` trains with K = 8192, through
-    the real entrypoint."""
+    the real entrypoint (all three names in one composition)."""
     import yaml
     from .conftest import run
-    for preset in ("moco_v2_cifar10", "moco_cifar10_demo"):
-        proc = run("moco.py", f"experiment={preset}", f"{alias}={value}", "--cfg", "job")
-        cfg = yaml.safe_load(proc.stdout)
+    aliases = {"moco_k": ("method.queue_size", 8192), "moco_t": ("loss.temperature", 0.05),
+               "moco_m": ("method.momentum", 0.5)}
+    proc = run("moco.py", f"experiment={preset}",
+               *(f"{a}={v}" for a, (_, v) in aliases.items()), "--cfg", "job")
+    cfg = yaml.safe_load(proc.stdout)
+    for alias, (key, value) in aliases.items():
         group, field = key.split(".")
-        assert cfg[group][field] == value, (preset, cfg[group])
+        assert cfg[group][field] == value, (preset, alias, cfg[group])

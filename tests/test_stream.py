@@ -107,7 +107,12 @@ def test_evaluation_streams_the_resized_centre_crops(jpeg_folder):
     # shorter side 240 -> 32, centre crop: the same as the in-memory copy's pixels
     memory = build_source(_cfg(jpeg_folder, "dataset.pipeline=device", "dataset.size=32"), "test",
                           torch.device("cpu"))
-    assert (streamed - memory.plain(index)).abs().max() < 0.05
+    # two resampling implementations of the same JPEG (draft-mode decode + Pillow's resize
+    # against the decoded copy's): a few grey levels apart per pixel (max 0.04 on CIFAR
+    # pixels, 0.08 on the fixture's synthetic noise, mean 0.004 / 0.014); a crop shifted by
+    # one output pixel differs by 0.074 on average on CIFAR pixels
+    diff = (streamed - memory.plain(index)).abs()
+    assert diff.max() < 0.12 and diff.mean() < 0.025
 
 
 @pytest.mark.slow
