@@ -278,3 +278,23 @@ def test_compiled_views_equal_the_eager_ones_to_rounding():
     assert not maker.apply.failed
     for a, b in zip(eager, compiled):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("size, n", [(32, 400), (96, 40)])
+def test_views_made_in_cache_sized_chunks_equal_one_pass_over_the_batch(size, n):
+    # on a CPU apply_params cuts the batch into chunks of CPU_CHUNK_BYTES (170 images of
+    # 32 px, 18 of 96 px); every op is per sample, so the views are those of one pass
+    from sslcifar.data.augment import CPU_CHUNK_BYTES, apply_whole
+    assert n * 3 * size * size * 4 > 2 * CPU_CHUNK_BYTES          # several chunks, a ragged tail
+    spec = ViewSpec(size=size, blur_p=0.5, solarize_p=0.3, grayscale_p=0.3)
+    x = (images(n, 40, 40) * 255).to(torch.uint8)
+    p = sample_params(spec, n, 40, 40, torch.Generator().manual_seed(1), "cpu")
+    norm = BatchNormalize(size, (0.5, 0.4, 0.3), (0.2, 0.25, 0.3))
+    chunked, whole = apply_params(x, spec, p, norm), apply_whole(x, spec, p, norm)
+    # identical on the CPUs measured; the tolerance allows a vectorised kernel's scalar
+    # tail to round one op differently (float32: a few ulps of values up to ~3)
+    torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-5)
+    # and gradients flow through the chunks (the invariance penalty replays views)
+    p = dict(p, jitter=p["jitter"].clone().requires_grad_())
+    apply_params(x, spec, p, norm).sum().backward()
+    assert p["jitter"].grad is not None and p["jitter"].grad.abs().sum() > 0

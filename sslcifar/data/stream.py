@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .augment import BatchNormalize, ViewSpec, colour, draw_jitter, sample_colour
+from .augment import BatchNormalize, ViewSpec, colour, draw_jitter, in_chunks, sample_colour
 from .batch import Batch, Nuisance
 from .datasets import stratified_index
 from .folders import BadImage, list_images, open_rgb
@@ -241,6 +241,12 @@ def _gpu_views(data: List[torch.Tensor], boxes: torch.Tensor, flips: torch.Tenso
     return views
 
 
+def _colour(x: torch.Tensor, spec: ViewSpec, p, norm: BatchNormalize) -> torch.Tensor:
+    """uint8 crops [B, 3, S, S] -> float32 views after the colour ops, normalised."""
+    return in_chunks(lambda c, q: norm.normalize(colour(c.float().div_(255), spec, q)),
+                     x, p, spec.size)
+
+
 class StreamBatches:
     """The training batches of a StreamSource: same order and rank slices as DeviceBatches.
     decode=cuda decodes on the GPU (torchvision's batched nvJPEG, as DALI's mixed decoder);
@@ -280,12 +286,12 @@ class StreamBatches:
             for v, (x, spec) in enumerate(zip(images, self.spec_of_view)):
                 p = sample_colour(spec, len(x), g, self.device)
                 p["box"], p["flip"] = boxes[:, v].to(self.device), flips[:, v].to(self.device)
-                out.append(norm.normalize(colour(x.float().div_(255), spec, p)))
+                out.append(_colour(x, spec, p, norm))
                 params.append(p)
             specs = self.spec_of_view
 
             def replay(v, p, images=images):      # the crop stays; the colour is redone
-                return norm.normalize(colour(images[v].float().div(255), specs[v], p))
+                return _colour(images[v], specs[v], p, norm)
 
             def draw(v, m, n, gen):
                 return draw_jitter(specs[v], m, n, gen, self.device)
