@@ -9,6 +9,8 @@ is its own), as many two-view batches as fit in --seconds are made by
   ours:        dataset.pipeline=stream: workers decode each file once (JPEG draft mode when
                the crops are small), crop and resize both views on the full image; the colour
                ops (jitter in a random order, grayscale) run batched in the main process;
+  ours-workers: the workers' part of ours alone (decode, crops, resizes; no colour ops):
+               what the training loop waits for when a GPU does the colour ops;
   torchvision: datasets.ImageFolder with the same augmentation per image (RandomResizedCrop,
                flip, ColorJitter, RandomGrayscale, ToTensor, Normalize) twice per image.
 Both with the same DataLoader workers. Prints images/s (an image = its two views) and the
@@ -63,7 +65,7 @@ def peak_rss_mib() -> float:
 def one(kind: str, root: Path, size: int, batch: int, workers: int, seconds: float) -> dict:
     import torch
     torch.set_num_threads(max(1, os.cpu_count() - workers) if workers else os.cpu_count())
-    if kind == "ours":
+    if kind in ("ours", "ours-workers"):
         from hydra import compose, initialize_config_dir
         from sslcifar.config import register_configs
         from sslcifar.data.sources import build_source
@@ -73,8 +75,17 @@ def one(kind: str, root: Path, size: int, batch: int, workers: int, seconds: flo
             cfg = compose("simclr", ["dataset=imagefolder", f"dataset.root={root}",
                                      f"dataset.size={size}", "dataset.pipeline=stream"])
         src = build_source(cfg, "train", torch.device("cpu"), augment=True)
-        it = iter(StreamBatches(src, batch, 0, 0, 1, workers, torch.device("cpu")).epoch(0))
-        get = lambda: next(it).views  # noqa: E731
+        batches = StreamBatches(src, batch, 0, 0, 1, workers, torch.device("cpu"))
+        if kind == "ours":
+            it = iter(batches.epoch(0))
+            get = lambda: next(it).views  # noqa: E731
+        else:       # the workers' part only: what a GPU, doing the colour ops, would wait for
+            from torch.utils.data import DataLoader
+            n = len(batches.dataset) // batch * batch
+            order = torch.randperm(len(batches.dataset))[:n].view(-1, batch).tolist()
+            it = iter(DataLoader(batches.dataset, batch_sampler=[[(i, i) for i in b] for b in order],
+                                 num_workers=workers))
+            get = lambda: next(it)[0]  # noqa: E731
     else:
         from torch.utils.data import DataLoader
         from torchvision import datasets, transforms as T
@@ -105,7 +116,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=os.cpu_count())
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--folder", default="outputs/bench_stream_images")
-    ap.add_argument("--one", choices=("ours", "torchvision"), help=argparse.SUPPRESS)
+    ap.add_argument("--one", choices=("ours", "ours-workers", "torchvision"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     root = Path(args.folder).resolve()
     if args.one:
@@ -113,7 +124,8 @@ def main() -> None:
         return
     make_folder(root, args.images)
     res = {}
-    for kind in ("torchvision", "ours"):
+    kinds = ("torchvision", "ours", "ours-workers")
+    for kind in kinds:
         proc = subprocess.run([sys.executable, __file__, "--one", kind, "--folder", str(root),
                                "--size", str(args.size), "--batch", str(args.batch),
                                "--workers", str(args.workers), "--seconds", str(args.seconds)],
@@ -124,10 +136,12 @@ def main() -> None:
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if "model name" in l), "?")
     print(f"{cpu}, {os.cpu_count()} cores; {args.images} JPEGs of 256-500 px, two {args.size} px "
           f"views per image, batch {args.batch}, {args.workers} DataLoader workers each")
-    for kind in ("torchvision", "ours"):
+    for kind in kinds:
         r = res[kind]
         print(f"  {kind:12s} {r['images_per_s']:8.1f} images/s   peak RSS {r['peak_rss_mib']:7.0f} MiB")
-    print(f"stream_speedup={res['ours']['images_per_s'] / res['torchvision']['images_per_s']:.2f}")
+    tv = res["torchvision"]["images_per_s"]
+    print(f"stream_speedup={res['ours']['images_per_s'] / tv:.2f} "
+          f"workers_only={res['ours-workers']['images_per_s'] / tv:.2f}")
 
 
 if __name__ == "__main__":
