@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .augment import ViewSpec
 from .batch import Batch
-from .order import epoch_order, mix_seed, to_device
+from .order import epoch_order, mix_seed, to_device, worker_batches
 from .views import view_specs
 
 class DeviceBatches:
@@ -100,10 +100,8 @@ class TorchvisionBatches:
         self.dataset = _PILViews(source.images, source.labels, transforms)
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
-        order = epoch_order(len(self.source), self.batch_size, self.seed, epoch)
-        sl = slice(self.rank * self.local, (self.rank + 1) * self.local)
-        batches = [[(int(i), mix_seed(self.seed, epoch, int(i))) for i in order[s, sl]]
-                   for s in range(start_step, self.steps_per_epoch)]
+        batches = worker_batches(len(self.source), self.batch_size, self.seed, epoch,
+                                 self.rank, self.world, start_step)
         loader = DataLoader(self.dataset, batch_sampler=batches, num_workers=self.num_workers,
                             pin_memory=self.device.type == "cuda",
                             persistent_workers=False)

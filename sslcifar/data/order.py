@@ -29,6 +29,19 @@ def epoch_order(num_samples: int, batch_size: int, seed: int, epoch: int) -> tor
     return perm[: steps * batch_size].view(steps, batch_size)
 
 
+def worker_batches(num_samples: int, batch_size: int, seed: int, epoch: int, rank: int,
+                   world: int, start_step: int = 0) -> list:
+    """This rank's items of each step from `start_step` on, for a DataLoader batch_sampler:
+    [(dataset index, seed of that image this epoch)] per step. Rank r takes the r-th
+    contiguous slice of each global batch; an image's seed depends on (seed, epoch, index)
+    only, never on a worker."""
+    order = epoch_order(num_samples, batch_size, seed, epoch)
+    local = batch_size // world
+    sl = slice(rank * local, (rank + 1) * local)
+    return [[(int(i), mix_seed(seed, epoch, int(i))) for i in order[s, sl]]
+            for s in range(start_step, len(order))]
+
+
 def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     """Copy to `device` without making the host wait (pinned source on CUDA)."""
     if device.type == "cuda":

@@ -29,7 +29,7 @@ from .augment import BatchNormalize, ViewSpec, colour, draw_jitter, in_chunks, s
 from .batch import Batch, Nuisance
 from .datasets import stratified_index
 from .folders import BadImage, list_images, open_rgb
-from .order import epoch_order, mix_seed, to_device
+from .order import mix_seed, to_device, worker_batches
 from .ops import sample_crop_boxes
 
 log = logging.getLogger(__name__)
@@ -265,10 +265,8 @@ class StreamBatches:
         self.spec_of_view = self.dataset.specs
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
-        order = epoch_order(len(self.source), self.batch_size, self.seed, epoch)
-        sl = slice(self.rank * self.local, (self.rank + 1) * self.local)
-        batches = [[(int(i), mix_seed(self.seed, epoch, int(i))) for i in order[s, sl]]
-                   for s in range(start_step, self.steps_per_epoch)]
+        batches = worker_batches(len(self.source), self.batch_size, self.seed, epoch,
+                                 self.rank, self.world, start_step)
         loader = DataLoader(self.dataset, batch_sampler=batches, num_workers=self.num_workers,
                             pin_memory=self.device.type == "cuda", persistent_workers=False,
                             collate_fn=_collate_bytes if self.gpu_decode else None)
