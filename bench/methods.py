@@ -2,6 +2,8 @@
 
     python bench/methods.py --data-root ~/.cache/cifar10            # all methods, about 2 h on 2 cores
     python bench/methods.py --data-root DIR --methods byol,simsiam --epochs 10
+    python bench/methods.py --data-root DIR --methods dino_fast \
+        --variant dino_fast=dino:method.base_momentum=0.99          # a recipe changed
 
 The same for every method: ResNet-18 width 16, the first 10,000 training images, 10
 epochs, batch 256, the method's own recipe otherwise (its preset; warm-up shortened to
@@ -61,6 +63,9 @@ def main() -> None:
     ap.add_argument("--out", default="outputs/bench_methods")
     ap.add_argument("--warmup", default="1", help="warm-up epochs of the presets' recipes: N, "
                     "or per method, e.g. 1,vicreg=3 (VICReg diverges with 1: see the README)")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=METHOD:OVERRIDES",
+                    help="a row NAME: METHOD's recipe plus comma-separated overrides, e.g. "
+                    "swav_q0=swav:method.queue_start_epoch=0 (repeatable; list NAME in --methods)")
     ap.add_argument("--no-random", action="store_true", help="leave out the random baseline")
     args = ap.parse_args()
     out = Path(args.out).resolve()
@@ -71,6 +76,17 @@ def main() -> None:
     probe = [f"dataset.root={args.data_root}", f"dataset.subset={args.subset}", "recipe=fast",
              "progress=false", "device=cpu"]
     warmups = dict(w.split("=") if "=" in w else ("*", w) for w in args.warmup.split(","))
+    recipes = dict(RECIPES)
+    for v in args.variant:
+        name, _, rest = v.partition("=")
+        base, _, overrides = rest.partition(":")
+        if base not in RECIPES:
+            ap.error(f"--variant {v}: unknown method {base!r} (one of {', '.join(RECIPES)})")
+        script, recipe = RECIPES[base]
+        recipes[name] = (script, recipe + [o for o in overrides.split(",") if o], base)
+    for name in args.methods.split(","):
+        if name not in recipes:
+            ap.error(f"unknown method {name!r} (one of {', '.join(recipes)}, or define it with --variant)")
     rows = []
     for name in ([] if args.no_random else ["random"]) + args.methods.split(","):
         if name == "random":
@@ -85,9 +101,10 @@ def main() -> None:
                          float(re.search(r"top1=([\d.]+)", stdout).group(1)), None, None))
             print(rows[-1], flush=True)
             continue
-        script, recipe = RECIPES[name]
+        script, recipe, *base = recipes[name]
         run_dir = out / name
-        warmup = [f"scheduler.warmup_epochs={warmups.get(name, warmups.get('*', '1'))}"] if recipe else []
+        epochs = warmups.get(name, warmups.get(base[0] if base else name, warmups.get("*", "1")))
+        warmup = [f"scheduler.warmup_epochs={epochs}"] if recipe else []
         try:
             _, seconds = run([sys.executable, script, *recipe, *common, *warmup,
                               f"hydra.run.dir={run_dir}"], out / f"{name}.log")
