@@ -6,9 +6,10 @@
         --variant dino_fast=dino:method.base_momentum=0.99          # a recipe changed
 
 The same for every method: ResNet-18 width 16, the first 10,000 training images, 10
-epochs, batch 256, the method's own recipe otherwise (its preset; warm-up shortened to
-1 epoch), then kNN top-1 on the 10,000 test images (k 200, T 0.1, the training loop's
-final evaluation) and the fast linear probe (L-BFGS on frozen features of the same 10,000
+epochs, batch 256, the method's own recipe otherwise (its preset, with --warmup warm-up
+epochs: 1, or 10 = the first 10 epochs of solo-learn's schedule, which its LARS recipes
+need), then kNN top-1 on the 10,000 test images (k 200, T 0.1, the training loop's final
+evaluation) and the fast linear probe (L-BFGS on frozen features of the same 10,000
 training images). `pretrained=random` (the seeded initialisation every run starts from)
 is the baseline. Prints a Markdown table; each run's directory is kept under --out.
 """
@@ -62,7 +63,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--out", default="outputs/bench_methods")
     ap.add_argument("--warmup", default="1", help="warm-up epochs of the presets' recipes: N, "
-                    "or per method, e.g. 1,vicreg=3 (VICReg diverges with 1: see the README)")
+                    "or per method, e.g. 1,vicreg=10 (VICReg diverges with 1: see the README)")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=METHOD:OVERRIDES",
                     help="a row NAME: METHOD's recipe plus comma-separated overrides, e.g. "
                     "swav_q0=swav:method.queue_start_epoch=0 (repeatable; list NAME in --methods)")
