@@ -77,7 +77,7 @@ def main() -> None:
     probe = [f"dataset.root={args.data_root}", f"dataset.subset={args.subset}", "recipe=fast",
              "progress=false", "device=cpu"]
     warmups = dict(w.split("=") if "=" in w else ("*", w) for w in args.warmup.split(","))
-    recipes = dict(RECIPES)
+    recipes = {name: (script, recipe, name) for name, (script, recipe) in RECIPES.items()}
     for v in args.variant:
         name, _, rest = v.partition("=")
         base, _, overrides = rest.partition(":")
@@ -102,10 +102,11 @@ def main() -> None:
                          float(re.search(r"top1=([\d.]+)", stdout).group(1)), None, None))
             print(rows[-1], flush=True)
             continue
-        script, recipe, *base = recipes[name]
+        script, recipe, base = recipes[name]
         run_dir = out / name
-        epochs = warmups.get(name, warmups.get(base[0] if base else name, warmups.get("*", "1")))
-        warmup = [f"scheduler.warmup_epochs={epochs}"] if recipe else []
+        epochs = warmups.get(name, warmups.get(base, warmups.get("*", "1")))
+        # only the presets' recipes get --warmup; SimCLR's and MoCo's defaults keep theirs
+        warmup = [f"scheduler.warmup_epochs={epochs}"] if RECIPES[base][1] else []
         try:
             _, seconds = run([sys.executable, script, *recipe, *common, *warmup,
                               f"hydra.run.dir={run_dir}"], out / f"{name}.log")

@@ -557,7 +557,11 @@ class _NormedHead(torch.nn.Module):
 
     def __init__(self, dim_in, prototypes, weight_norm=True):
         super().__init__()
-        torch.manual_seed(0)
+        with torch.random.fork_rng():        # seeded here, without touching other tests' RNG
+            torch.manual_seed(0)
+            self._build(dim_in, prototypes, weight_norm)
+
+    def _build(self, dim_in, prototypes, weight_norm):
         self.mlp = torch.nn.Sequential(torch.nn.Linear(dim_in, 128), torch.nn.GELU(), torch.nn.Linear(128, 16))
         last = torch.nn.Linear(16, prototypes, bias=False)
         self.last = torch.nn.utils.parametrizations.weight_norm(last) if weight_norm else last
@@ -571,11 +575,11 @@ def test_dino_loss_learns_to_cluster_a_toy_problem():
     (10 classes; DINO may merge two: purity > 0.8 where a collapse gives 0.1) and the loss
     falls far below ln K. A wrong sign or a missing centre collapses it (uniform: loss ln K,
     or one prototype for all)."""
-    import copy
     from sslcifar.losses import DINOLoss
+    from sslcifar.methods.ema import ema_update, frozen_copy
     k, batch = 64, _clusters(0)
     student = _NormedHead(32, k)
-    teacher = copy.deepcopy(student).requires_grad_(False)
+    teacher = frozen_copy(student)
     loss_fn = DINOLoss(k, 2, student_temp=0.1, center_momentum=0.9)
     opt = torch.optim.SGD(student.parameters(), lr=0.1, momentum=0.9)
     for _ in range(300):
@@ -584,9 +588,7 @@ def test_dino_loss_learns_to_cluster_a_toy_problem():
         opt.zero_grad()
         loss.backward()
         opt.step()
-        with torch.no_grad():
-            for t, s in zip(teacher.parameters(), student.parameters()):
-                t.mul_(0.99).add_(s, alpha=0.01)
+        ema_update(teacher, student, 0.99)
     with torch.no_grad():
         y, v = batch()
         assigned = teacher(v[:len(y)]).argmax(1)

@@ -93,7 +93,7 @@ class TorchvisionBatches:
     def __init__(self, source, specs: List[ViewSpec], mean, std, batch_size: int, seed: int,
                  rank: int, world: int, num_workers: int, device: torch.device):
         self.source, self.batch_size, self.seed = source, batch_size, seed
-        self.rank, self.world, self.local = rank, world, batch_size // world
+        self.rank, self.world = rank, world
         self.steps_per_epoch = len(source) // batch_size
         self.device, self.num_workers = device, num_workers
         transforms = [torchvision_transform(s, mean, std) for s in specs for _ in range(s.count)]

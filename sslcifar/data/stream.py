@@ -255,7 +255,7 @@ class StreamBatches:
     def __init__(self, source: StreamSource, batch_size: int, seed: int, rank: int, world: int,
                  num_workers: int, device: torch.device, decode: str = "cpu"):
         self.source, self.batch_size, self.seed = source, batch_size, seed
-        self.rank, self.world, self.local = rank, world, batch_size // world
+        self.rank, self.world = rank, world
         self.steps_per_epoch = len(source) // batch_size
         self.device, self.num_workers = device, num_workers
         self.gpu_decode = decode == "cuda" and device.type == "cuda"
