@@ -129,3 +129,26 @@ def test_training_streams_end_to_end_and_resumes_bit_identically(tmp_path, jpeg_
     assert a["step"] == b["step"] == 6
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
+
+
+@pytest.mark.slow
+def test_compiled_colour_ops_equal_the_eager_ones_to_rounding(jpeg_folder, monkeypatch):
+    """augment.compile=true on the stream: the colour ops through torch.compile, over
+    cache-sized chunks (made 5 images here, so a batch of 16 is cut 5 + 5 + 5 + 1), give
+    the eager views to float rounding, and the same parameters."""
+    import sslcifar.data.augment as augment
+    monkeypatch.setattr(augment, "CPU_CHUNK_BYTES", 5 * 3 * 64 * 64 * 4)
+    cfg = _cfg(jpeg_folder, "dataset.pipeline=stream", "batch_size=16", "augment.compile=true")
+    src = build_source(cfg, "train", torch.device("cpu"), augment=True)
+
+    def first(compile):
+        b = StreamBatches(src, 16, seed=3, rank=0, world=1, num_workers=0,
+                          device=torch.device("cpu"), compile=compile)
+        return b, next(iter(b.epoch(0)))
+    _, eager = first(False)
+    batches, compiled = first(True)
+    assert not batches.colour.failed
+    for a, b in zip(eager.views, compiled.views):
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-5)
+    for p, q in zip(eager.params, compiled.params):
+        assert all(torch.equal(p[k], q[k]) for k in p)

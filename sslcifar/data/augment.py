@@ -293,22 +293,32 @@ class CompiledApply:
     """apply_params through torch.compile: inductor fuses the many elementwise passes of
     the colour ops (blends, clamps, the HSV round trip, where-masks) into a few loops over
     memory. Shapes are static per view group. The first failure (no working C++ or GPU
-    compiler, an unsupported op) falls back to eager for good, with one warning."""
+    compiler, an unsupported op) falls back to eager for good, with one warning.
 
-    def __init__(self):
+    `whole(images, spec, params, normalize)` is compiled; `eager` (same arguments) is the
+    fallback. The streaming pipeline passes its colour-only pair, and chunks=True: its
+    224 px views are faster compiled over cache-sized chunks (2.8 against 3.8 ms a view on
+    a 2-core AMD EPYC); 32 px views gain nothing from chunks."""
+
+    def __init__(self, whole=None, eager=None, chunks: bool = False):
+        self.whole, self.eager = whole or apply_whole, eager or apply_params
+        self.chunks = chunks
         self.fn, self.failed = None, False
 
     def __call__(self, images, spec, params, normalize):
         if not self.failed:
             try:
-                if self.fn is None:     # inductor fuses the passes itself: no chunks
-                    self.fn = torch.compile(apply_whole, dynamic=False)
+                if self.fn is None:
+                    self.fn = torch.compile(self.whole, dynamic=False)
+                if self.chunks:
+                    return in_chunks(lambda x, p: self.fn(x, spec, p, normalize), images,
+                                     params, spec.size)
                 return self.fn(images, spec, params, normalize)
             except Exception as e:          # noqa: BLE001 -- any compiler failure: eager
                 self.failed = True
                 log.warning("augment.compile: torch.compile failed (%s); augmenting in eager "
                             "mode", str(e).splitlines()[0][:200] if str(e) else type(e).__name__)
-        return apply_params(images, spec, params, normalize)
+        return self.eager(images, spec, params, normalize)
 
 
 class ViewMaker:

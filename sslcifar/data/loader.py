@@ -116,7 +116,7 @@ def build_batches(cfg, source, rank: int, world: int, device: torch.device):
     if hasattr(source, "paths"):                 # a StreamSource: files decoded in workers
         from .stream import StreamBatches
         return StreamBatches(source, cfg.batch_size, cfg.seed, rank, world, d.num_workers,
-                             device, d.decode)
+                             device, d.decode, cfg.augment.get("compile", False))
     if d.pipeline == "torchvision" and d.name != "spirograph":
         return TorchvisionBatches(source, view_specs(cfg.augment, d), d.mean, d.std,
                                   cfg.batch_size, cfg.seed, rank, world, d.num_workers, device)

@@ -25,7 +25,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .augment import BatchNormalize, ViewSpec, colour, draw_jitter, in_chunks, sample_colour
+from .augment import (BatchNormalize, CompiledApply, ViewSpec, colour, draw_jitter, in_chunks,
+                      sample_colour)
 from .batch import Batch, Nuisance
 from .datasets import stratified_index
 from .folders import BadImage, list_images, open_rgb
@@ -241,19 +242,25 @@ def _gpu_views(data: List[torch.Tensor], boxes: torch.Tensor, flips: torch.Tenso
     return views
 
 
-def _colour(x: torch.Tensor, spec: ViewSpec, p, norm: BatchNormalize) -> torch.Tensor:
+def _colour_whole(x: torch.Tensor, spec: ViewSpec, p, norm: BatchNormalize) -> torch.Tensor:
     """uint8 crops [B, 3, S, S] -> float32 views after the colour ops, normalised."""
-    return in_chunks(lambda c, q: norm.normalize(colour(c.float().div_(255), spec, q)),
-                     x, p, spec.size)
+    return norm.normalize(colour(x.float().div_(255), spec, p))
+
+
+def _colour(x: torch.Tensor, spec: ViewSpec, p, norm: BatchNormalize) -> torch.Tensor:
+    """_colour_whole in cache-sized chunks on a CPU."""
+    return in_chunks(lambda c, q: _colour_whole(c, spec, q, norm), x, p, spec.size)
 
 
 class StreamBatches:
     """The training batches of a StreamSource: same order and rank slices as DeviceBatches.
     decode=cuda decodes on the GPU (torchvision's batched nvJPEG, as DALI's mixed decoder);
-    without a GPU it falls back to the workers' decode, saying so."""
+    without a GPU it falls back to the workers' decode, saying so. compile=True (augment.compile)
+    runs the colour ops through torch.compile, falling back to eager as CompiledApply does."""
 
     def __init__(self, source: StreamSource, batch_size: int, seed: int, rank: int, world: int,
-                 num_workers: int, device: torch.device, decode: str = "cpu"):
+                 num_workers: int, device: torch.device, decode: str = "cpu",
+                 compile: bool = False):
         self.source, self.batch_size, self.seed = source, batch_size, seed
         self.rank, self.world = rank, world
         self.steps_per_epoch = len(source) // batch_size
@@ -263,6 +270,7 @@ class StreamBatches:
             log.warning("dataset.decode=cuda needs a CUDA device: decoding in the workers instead")
         self.dataset = (_Bytes if self.gpu_decode else _Views)(source.paths, source.specs)
         self.spec_of_view = self.dataset.specs
+        self.colour = CompiledApply(_colour_whole, _colour, chunks=True) if compile else _colour
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
         batches = worker_batches(len(self.source), self.batch_size, self.seed, epoch,
@@ -284,7 +292,7 @@ class StreamBatches:
             for v, (x, spec) in enumerate(zip(images, self.spec_of_view)):
                 p = sample_colour(spec, len(x), g, self.device)
                 p["box"], p["flip"] = boxes[:, v].to(self.device), flips[:, v].to(self.device)
-                out.append(_colour(x, spec, p, norm))
+                out.append(self.colour(x, spec, p, norm))
                 params.append(p)
             specs = self.spec_of_view
 
