@@ -81,7 +81,8 @@ def open_rgb(path: Path, draft_size: Optional[Tuple[int, int]] = None):
         im = Image.open(path)
         if draft_size is not None and im.format == "JPEG":
             im.draft("RGB", draft_size)
-        return im.convert("RGB")
+        im.load()                       # decode now, inside the try: truncated files raise here
+        return im if im.mode == "RGB" else im.convert("RGB")   # (convert would copy an RGB one)
     except (OSError, SyntaxError, ValueError, UnidentifiedImageError, Image.DecompressionBombError) as e:
         raise BadImage(f"{path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
 
