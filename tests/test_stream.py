@@ -182,16 +182,3 @@ def test_compiled_colour_ops_equal_the_eager_ones_to_rounding(jpeg_folder, monke
     for p, q in zip(eager.params, compiled.params):
         assert all(torch.equal(p[k], q[k]) for k in p)
 
-
-def test_importing_sslcifar_asks_torch_for_huge_pages_unless_told_not_to():
-    """THP_MEM_ALLOC_ENABLE is read at torch's first allocation: sslcifar sets it before
-    torch is imported (entry points import sslcifar first), and leaves a user's value."""
-    import os
-    import subprocess
-    import sys
-    code = "import sslcifar, torch, os; torch.ones(1); print(os.environ['THP_MEM_ALLOC_ENABLE'])"
-    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
-    out = lambda e: subprocess.run([sys.executable, "-c", code], env=e, text=True,  # noqa: E731
-                                   capture_output=True, check=True).stdout.strip()
-    assert out(env) == "1"
-    assert out({**env, "THP_MEM_ALLOC_ENABLE": "0"}) == "0"
