@@ -2,13 +2,15 @@
 
     python bench/stream.py                           # 1000 JPEGs of 256-500 px, 224 px views
     python bench/stream.py --images 2000 --size 96 --workers 2
+    python bench/stream.py --compile                 # ours with augment.compile=true
 
 A folder of JPEGs of 256-500 px on a side is written first (the workplace's CIFAR-10
 images, upscaled; ../shared/data). Then, each in its own process (so that its peak memory
 is its own), as many two-view batches as fit in --seconds are made by
   ours:        dataset.pipeline=stream: workers decode each file once (JPEG draft mode when
                the crops are small), crop and resize both views on the full image; the colour
-               ops (jitter in a random order, grayscale) run batched in the main process;
+               ops (jitter in a random order, grayscale) run batched in the main process
+               (through torch.compile with --compile, compiled before the timing starts);
   ours-workers: the workers' part of ours alone (decode, crops, resizes; no colour ops):
                what the training loop waits for when a GPU does the colour ops;
   torchvision: datasets.ImageFolder with the same augmentation per image (RandomResizedCrop,
@@ -62,7 +64,8 @@ def peak_rss_mib() -> float:
     return (own + kids) / 1024
 
 
-def one(kind: str, root: Path, size: int, batch: int, workers: int, seconds: float) -> dict:
+def one(kind: str, root: Path, size: int, batch: int, workers: int, seconds: float,
+        compile: bool = False) -> dict:
     import torch
     torch.set_num_threads(max(1, os.cpu_count() - workers) if workers else os.cpu_count())
     if kind in ("ours", "ours-workers"):
@@ -75,7 +78,7 @@ def one(kind: str, root: Path, size: int, batch: int, workers: int, seconds: flo
             cfg = compose("simclr", ["dataset=imagefolder", f"dataset.root={root}",
                                      f"dataset.size={size}", "dataset.pipeline=stream"])
         src = build_source(cfg, "train", torch.device("cpu"), augment=True)
-        batches = StreamBatches(src, batch, 0, 0, 1, workers, torch.device("cpu"))
+        batches = StreamBatches(src, batch, 0, 0, 1, workers, torch.device("cpu"), compile=compile)
         if kind == "ours":
             it = iter(batches.epoch(0))
             get = lambda: next(it).views  # noqa: E731
@@ -116,11 +119,13 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=os.cpu_count())
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--folder", default="outputs/bench_stream_images")
+    ap.add_argument("--compile", action="store_true", help="ours with augment.compile=true")
     ap.add_argument("--one", choices=("ours", "ours-workers", "torchvision"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     root = Path(args.folder).resolve()
     if args.one:
-        print(json.dumps(one(args.one, root, args.size, args.batch, args.workers, args.seconds)))
+        print(json.dumps(one(args.one, root, args.size, args.batch, args.workers, args.seconds,
+                             args.compile)))
         return
     make_folder(root, args.images)
     res = {}
@@ -128,14 +133,16 @@ def main() -> None:
     for kind in kinds:
         proc = subprocess.run([sys.executable, __file__, "--one", kind, "--folder", str(root),
                                "--size", str(args.size), "--batch", str(args.batch),
-                               "--workers", str(args.workers), "--seconds", str(args.seconds)],
+                               "--workers", str(args.workers), "--seconds", str(args.seconds)]
+                              + ["--compile"] * args.compile,
                               capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
         if proc.returncode:
             sys.exit(proc.stderr[-3000:])
         res[kind] = json.loads(proc.stdout.strip().splitlines()[-1])
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if "model name" in l), "?")
     print(f"{cpu}, {os.cpu_count()} cores; {args.images} JPEGs of 256-500 px, two {args.size} px "
-          f"views per image, batch {args.batch}, {args.workers} DataLoader workers each")
+          f"views per image, batch {args.batch}, {args.workers} DataLoader workers each"
+          + (", ours compiled" if args.compile else ""))
     for kind in kinds:
         r = res[kind]
         print(f"  {kind:12s} {r['images_per_s']:8.1f} images/s   peak RSS {r['peak_rss_mib']:7.0f} MiB")
