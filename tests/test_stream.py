@@ -182,3 +182,24 @@ def test_compiled_colour_ops_equal_the_eager_ones_to_rounding(jpeg_folder, monke
     for p, q in zip(eager.params, compiled.params):
         assert all(torch.equal(p[k], q[k]) for k in p)
 
+
+
+def test_decode_rgb_reads_what_pillow_reads_and_names_what_it_cannot(jpeg_folder, tmp_path):
+    """The workers' full-size decode (a tensor decoder where one reads the file, else
+    Pillow) gives Pillow's pixels: JPEG within the rounding of two libjpeg-turbo builds,
+    PNG and BMP (Pillow's own fallback) exactly; a truncated JPEG or a text file raises
+    BadImage naming the file."""
+    from PIL import Image
+    from sslcifar.data.folders import BadImage, decode_rgb
+    src = jpeg_folder / "train" / "class3" / "0.jpg"
+    pil = Image.open(src).convert("RGB")
+    ref = torch.from_numpy(np.array(pil)).permute(2, 0, 1)
+    d = (decode_rgb(src).int() - ref.int()).abs()
+    assert d.shape == (3, H, W) and d.max() <= 2 and d.float().mean() < 0.05
+    for suffix in (".png", ".bmp"):
+        pil.save(tmp_path / f"x{suffix}")
+        assert torch.equal(decode_rgb(tmp_path / f"x{suffix}"), ref)
+    for bad in (jpeg_folder / "train" / "class0" / "truncated.jpg",
+                jpeg_folder / "train" / "class1" / "notes.jpg"):
+        with pytest.raises(BadImage, match=bad.name):
+            decode_rgb(bad)

@@ -22,7 +22,6 @@ import math
 import random
 from typing import Iterator, List, Optional
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
@@ -31,18 +30,14 @@ from .augment import (BatchNormalize, CompiledApply, ViewSpec, colour, draw_jitt
                       sample_colour)
 from .batch import Batch, Nuisance
 from .datasets import stratified_index
-from .folders import BadImage, list_images, open_rgb
+from .folders import (BadImage, decode_rgb, list_images, open_rgb, pil_to_uint8,
+                      tensor_decoder)
 from .order import mix_seed, to_device, worker_batches
 from .ops import crop_box
 
 log = logging.getLogger(__name__)
 
 EVAL_CROP = 0.875       # the centre crop takes 87.5% of the resized shorter side (224 of 256)
-
-
-def _uint8(im) -> torch.Tensor:
-    """A PIL RGB image -> uint8 [3, H, W] (a channels-last view of its pixels)."""
-    return torch.from_numpy(np.array(im, dtype=np.uint8)).permute(2, 0, 1)
 
 
 def image_size(path):
@@ -83,12 +78,16 @@ def decode_views(path, specs: List[ViewSpec], seeds: List[int]):
     pixels, flips [V] bool). Raises BadImage."""
     width, height = image_size(path)
     boxes, flips = draw_geometry(width, height, specs, seeds)
-    # decode once, at a scale that keeps every crop at least its output size
+    # decode once, at a scale that keeps every crop at least its output size: where every
+    # crop is twice its view or more, libjpeg decodes at 1/2, 1/4 or 1/8 (Pillow's draft
+    # mode); else the full image, by torchvision.io's faster decoders
     scale = max(spec.size / min(h, w) for spec, (_, _, h, w) in zip(specs, boxes))
-    draft = (max(1, math.ceil(width * scale)), max(1, math.ceil(height * scale)))
-    im = open_rgb(path, draft if scale < 1 else None)
-    sx, sy = im.size[0] / width, im.size[1] / height
-    image = _uint8(im)
+    if scale <= 0.5:
+        im = open_rgb(path, (max(1, math.ceil(width * scale)), max(1, math.ceil(height * scale))))
+        image = pil_to_uint8(im)
+    else:
+        image = decode_rgb(path)
+    sy, sx = image.shape[1] / height, image.shape[2] / width
     views = []
     for spec, (top, left, h, w), flip in zip(specs, boxes, flips):
         if (sx, sy) != (1, 1):      # decoded at 1/2, 1/4 or 1/8: the box to the nearest pixel
@@ -108,7 +107,7 @@ def decode_plain(path, size: int) -> torch.Tensor:
     nw, nh = max(short, round(width * scale)), max(short, round(height * scale))
     im = im.resize((nw, nh), Image.BILINEAR)
     left, top = (nw - size) // 2, (nh - size) // 2
-    return _uint8(im.crop((left, top, left + size, top + size)))
+    return pil_to_uint8(im.crop((left, top, left + size, top + size)))
 
 
 class _Views(Dataset):
@@ -275,6 +274,7 @@ class StreamBatches:
         if decode == "cuda" and not self.gpu_decode:
             log.warning("dataset.decode=cuda needs a CUDA device: decoding in the workers instead")
         self.dataset = (_Bytes if self.gpu_decode else _Views)(source.paths, source.specs)
+        tensor_decoder()       # imported once here (seconds), not in each worker of each epoch
         self.spec_of_view = self.dataset.specs
         self.colour = CompiledApply(_colour_whole, _colour, chunks=True) if compile else _colour
 
