@@ -2,10 +2,11 @@
 (`dataset.pipeline=stream`, or `auto` when the decoded set would not fit
 `dataset.memory_budget_mb`).
 
-In a worker, per image: the file is read and decoded once (PIL; a JPEG at the smallest
-DCT scale that still covers every view's crop, libjpeg's draft mode), then each view's
-RandomResizedCrop box is drawn on the *full* image and the crop resized to its view
-group's size. Only the small uint8 views (and their boxes and flips) cross the process
+In a worker, per image: each view's RandomResizedCrop box is drawn on the *full* image
+(its size from the file's header), the file is read and decoded once (a JPEG at the
+smallest DCT scale that still covers every view's crop: Pillow's draft mode when reduced,
+a tensor decoder at full size), and each crop is resized to its view group's size
+(torch's uint8 antialiased kernel). Only the small uint8 views (and their boxes and flips) cross the process
 boundary, into pinned memory. On the training device the colour operations (jitter,
 grayscale, blur, solarize) and the normalisation run batched, exactly as for in-memory
 data, and every view hands back its parameters.
