@@ -183,7 +183,6 @@ def test_compiled_colour_ops_equal_the_eager_ones_to_rounding(jpeg_folder, monke
         assert all(torch.equal(p[k], q[k]) for k in p)
 
 
-
 def test_decode_rgb_reads_what_pillow_reads_and_names_what_it_cannot(jpeg_folder, tmp_path):
     """The workers' full-size decode (a tensor decoder where one reads the file, else
     Pillow) gives Pillow's pixels: JPEG within the rounding of two libjpeg-turbo builds,

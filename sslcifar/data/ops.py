@@ -4,7 +4,8 @@ The building blocks of `sslcifar.data.augment`: every function takes a batch
 [B, C, H, W] and per-sample parameters [B] (or boxes [B] x 4), follows the
 semantics of the torchvision op of the same name (tested against it image by image),
 and makes no host-device synchronisation. The colour operations are differentiable
-in their float factors (the invariance gradient penalty needs that).
+in their float factors (the invariance gradient penalty needs that). One exception:
+`crop_box` draws a single box in plain Python, for the streaming pipeline's workers.
 """
 import math
 import random
