@@ -22,6 +22,23 @@ needs_real_cifar = pytest.mark.skipif(
 TINY = ["backbone.width=8", "batch_size=16", "epochs=1", "progress=false",
         "tensorboard=false", "device=cpu", "eval.knn_k=5"]
 
+# The one table of per-method overrides that a tiny run (TINY, batch 16) needs, or that
+# makes it exercise the method's own machinery within a few steps. Every test that runs
+# each registered method (tests/test_every_method.py) and bench/fingerprint.py apply it;
+# a method that needs nothing has no entry.
+METHOD_OVERRIDES = {
+    # a queue that fits a batch of 16; BatchNorm split in 2 groups of 8
+    "moco": ["method.queue_size=64", "method.bn_splits=2"],
+    # the queue is filled from step 0 and used from step 2 (a resume at step 3 needs it)
+    "swav": ["method.queue_size=32", "method.queue_start_epoch=0"],
+    # multi-crop, and the last layer frozen for the first half epoch
+    "dino": ["augment.small_crops=2", "method.freeze_last_layer_epochs=0.5"],
+    # 5 draws instead of 100, and the penalty below its clamp (so its gradient counts)
+    "invclr": ["method.gp_samples=5", "method.gp_upper_limit=1000"],
+    # SimCLR's lr (0.3 x 16/256) makes the 2048-wide VICReg loss diverge within 20 steps
+    "vicreg": ["optimizer.lr=0.1"],
+}
+
 
 def run(script: str, *overrides: str, cwd=None, timeout: float = 300, env=None,
         check: bool = True) -> subprocess.CompletedProcess:
