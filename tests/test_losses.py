@@ -204,9 +204,9 @@ def test_moco_infonce_analytic_value():
 # ------------------------------------------------------------------ SogCLR
 
 class NaiveSogCLR:
-    """The original's formulas, one anchor at a time, in float64. branch="imagenet": gamma 1
-    on a batch never seen and the directions' mean stored; "cifar" (SogCLR's CIFAR branch,
-    sogclr/builder.py): gamma always and the directions' *sum* stored (u1 + u2)."""
+    """The original's formulas, one anchor at a time, in float64; both branches store the
+    directions' mean. branch="imagenet": gamma 1 on a batch never seen; "cifar" (SogCLR's
+    CIFAR branch, sogclr/builder.py at its tip 35adf2e): gamma always."""
 
     def __init__(self, n, gamma, T, branch="imagenet"):
         self.u = [0.0] * n
@@ -231,7 +231,7 @@ class NaiveSogCLR:
                 surrogate = surrogate + (-pos + sum(wj * s for wj, s in zip(w, negs)) / (2 * (b - 1)))
                 reported += float((-pos / self.T + torch.log(u)).detach()) / (2 * b)
                 terms.append(float(u))
-            new_u.append(sum(terms) / (2 if self.branch == "imagenet" else 1))
+            new_u.append(sum(terms) / 2)
         for i, u in zip(index, new_u):
             self.u[int(i)] = u
         return surrogate / b, reported
@@ -260,24 +260,42 @@ def test_sogclr_u_gradient_and_reported_value_match_the_naive_estimator(branch):
                                    atol=1e-12, rtol=1e-10)
 
 
-def test_sogclr_cifar_branch_first_visit_is_gamma_times_g_and_stores_the_sum():
-    """The CIFAR branch's rule by hand on one batch: u = 0 -> u1 = gamma g1, u2 = gamma g2,
-    stored u1 + u2 (the ImageNet branch would store (g1 + g2) / 2)."""
+def _directions_mean(h1, h2, T):
+    """g1_i, g2_i: the mean of exp(cos/T) over the 2(B-1) negatives of anchor i in each
+    direction, by hand."""
+    b = h1.shape[0]
+    out = []
+    for a, o in ((h1, h2), (h2, h1)):
+        out.append([sum(math.exp(float(a[i] @ v) / T) for j, v in enumerate(torch.cat([o, a]))
+                        if j not in (i, b + i)) / (2 * (b - 1)) for i in range(b)])
+    return out
+
+
+def test_sogclr_cifar_branch_stores_the_directions_average_over_three_steps():
+    """The CIFAR branch's rule at its tip (35adf2e, `git clone -b cifar`): u1 = (1 - gamma) u
+    + gamma g1, u2 likewise, u <- (u1 + u2) / 2 -- on the first visit too (u starts at 0).
+    Three steps over the same images, by hand. The rule of the branch's earlier commits,
+    u <- u1 + u2, gives a u about twice as large from the second visit on and fails here;
+    the ImageNet branch differs on the first visit only (gamma 1 there)."""
     b, gamma, T = 3, 0.9, 0.5
     g = torch.Generator().manual_seed(3)
-    z1, z2 = torch.randn(b, 4, generator=g, dtype=torch.float64), torch.randn(b, 4, generator=g, dtype=torch.float64)
-    h1, h2 = F.normalize(z1, dim=1), F.normalize(z2, dim=1)
+    index = torch.tensor([0, 1, 4])
     loss = SogCLRLoss(5, gamma, T, "cifar").double()
-    loss(z1, z2, torch.tensor([0, 1, 4]))
-    for i, idx in enumerate([0, 1, 4]):
-        g1 = sum(math.exp(float(h1[i] @ v) / T) for j, v in enumerate(torch.cat([h2, h1]))
-                 if j not in (i, b + i)) / (2 * (b - 1))
-        g2 = sum(math.exp(float(h2[i] @ v) / T) for j, v in enumerate(torch.cat([h1, h2]))
-                 if j not in (i, b + i)) / (2 * (b - 1))
-        assert loss.u[idx].item() == pytest.approx(gamma * g1 + gamma * g2, rel=1e-12)
+    u = [0.0] * b
+    for _ in range(3):
+        z1, z2 = (torch.randn(b, 4, generator=g, dtype=torch.float64) for _ in range(2))
+        loss(z1, z2, index)
+        g1, g2 = _directions_mean(F.normalize(z1, dim=1), F.normalize(z2, dim=1), T)
+        u = [((1 - gamma) * u[i] + gamma * g1[i] + (1 - gamma) * u[i] + gamma * g2[i]) / 2
+             for i in range(b)]
+        for i, idx in enumerate(index.tolist()):
+            assert loss.u[idx].item() == pytest.approx(u[i], rel=1e-12)
+    assert loss.u[2].item() == loss.u[3].item() == 0.0        # never seen
+    z1, z2 = (torch.randn(b, 4, generator=g, dtype=torch.float64) for _ in range(2))
     imagenet = SogCLRLoss(5, gamma, T, "imagenet").double()
-    imagenet(z1, z2, torch.tensor([0, 1, 4]))
-    assert imagenet.u[0].item() == pytest.approx(loss.u[0].item() / (2 * gamma), rel=1e-12)
+    imagenet(z1, z2, index)
+    g1, g2 = _directions_mean(F.normalize(z1, dim=1), F.normalize(z2, dim=1), T)
+    assert imagenet.u[0].item() == pytest.approx((g1[0] + g2[0]) / 2, rel=1e-12)
 
 
 def test_sogclr_gradient_is_T_times_the_global_contrastive_gradient():

@@ -19,12 +19,15 @@ class SogCLRLoss(nn.Module):
         g_i   = mean over the 2(B-1) in-batch negatives of exp(cos/T), per direction
         u1_i  = (1 - gamma) · u_i + gamma · g1_i,   u2_i likewise from view 2
 
-    and what is stored for the next visit depends on the branch of the original code:
-        branch="cifar"    (the CIFAR branch, the one the SogCLR seed points to): gamma on the
-                          first visit too (u_i starts at 0, so u1_i = gamma · g1_i), and the
-                          two directions *summed*: u_i <- u1_i + u2_i
-        branch="imagenet" (the ImageNet branch): gamma = 1 for a batch whose every u is 0 (a
-                          batch never seen), and the two directions averaged: u_i <- (u1_i + u2_i)/2
+    and the two directions' average is stored for the next visit, u_i <- (u1_i + u2_i) / 2.
+    The branches of the original code differ in the first visit:
+        branch="cifar"    (the CIFAR branch, the one the SogCLR seed points to, at its tip
+                          35adf2e of 2023-03-01 that `git clone -b cifar` gives): gamma on
+                          the first visit too (u_i starts at 0, so u1_i = gamma · g1_i)
+        branch="imagenet" (the ImageNet branch, PyTorch): gamma = 1 for a batch whose every
+                          u is 0 (a batch never seen)
+    (Earlier commits of the CIFAR branch stored the sum u1_i + u2_i; its tip fixed that to
+    the average, which both branches now store.)
 
     and descends with the gradient  -∇pos + mean_j [exp(s_j/T) / u_i] ∇s_j  per anchor
     and direction, summed over the two directions and averaged over the batch: exactly
@@ -43,7 +46,7 @@ class SogCLRLoss(nn.Module):
         num_samples: size of the training set (u has one entry per image).
         gamma: weight of the new estimate in the moving average, 0 < gamma <= 1.
         temperature: T > 0.
-        branch: "cifar" (default) or "imagenet", the original's rules above.
+        branch: "cifar" (default) or "imagenet", the original's first-visit rules above.
 
     Call: loss(z1 [B, D], z2 [B, D], index [B] int64) -> scalar; z not yet normalised.
     u is a buffer [num_samples, 1]: saved with the model, restored on resume.
@@ -87,8 +90,7 @@ class SogCLRLoss(nn.Module):
         u1 = (1 - gamma) * u_old + gamma * neg1.sum(1, keepdim=True).detach() / n_neg
         u2 = (1 - gamma) * u_old + gamma * neg2.sum(1, keepdim=True).detach() / n_neg
         with torch.no_grad():
-            stored = u1 + u2 if self.branch == "cifar" else (u1 + u2) / 2
-            self.u[index] = stored.to(self.u.dtype)
+            self.u[index] = ((u1 + u2) / 2).to(self.u.dtype)
 
         w1 = (neg1 / u1).detach()                                          # [B, 2B]
         w2 = (neg2 / u2).detach()

@@ -17,7 +17,7 @@ class SogCLRConfig(ProjectorConfig):
 @dataclass
 class SogCLRLossConfig(TemperatureConfig):
     gamma: float = MISSING            # weight of the new estimate in the moving average u
-    branch: str = MISSING             # cifar | imagenet: the original code's u rules (losses/sogclr.py)
+    branch: str = MISSING             # cifar | imagenet: the original code's first-visit rule (losses/sogclr.py)
 
 
 @register
