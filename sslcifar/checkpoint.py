@@ -14,13 +14,18 @@ import logging
 import os
 import pickle
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import TYPE_CHECKING, Optional, Tuple
 
 import torch
+from torch import nn
 
 from .errors import UserError
 from .version import code_version
+
+if TYPE_CHECKING:                   # for the annotation only: metrics imports nothing of ours
+    from .metrics import MetricsLog
 
 log = logging.getLogger(__name__)
 
@@ -120,43 +125,59 @@ def load_latest(folder: Path, map_location="cpu") -> Tuple[Optional[dict], Optio
 
 # ---------------------------------------------------------------------- a training run's state
 
-def training_state(step: int, epochs_done: int, method, optimizer, scaler, probe, config: dict,
-                   overrides, metrics_rows, meters) -> dict:
-    """Everything `restore` needs to continue a run exactly. `epoch`: completed epochs,
-    as MoCo and SupContrast store it (the schedules follow `step`)."""
-    state = {"step": step, "epoch": epochs_done, "model": method.state_dict(),
-             "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-             "config": config, "overrides": overrides, "metrics": metrics_rows,
-             "meters": {k: v.cpu() for k, v in meters.items()},
-             "rng": {"torch": torch.get_rng_state()}, "code": code_version()}
-    if torch.cuda.is_available():
-        state["rng"]["cuda"] = torch.cuda.get_rng_state_all()
-    if probe is not None:
-        state["probe"] = probe.state_dict()
-        state["probe_optimizer"] = probe.opt.state_dict()
-    return state
+@dataclass
+class RunState:
+    """Everything a training run changes as it goes, saved and restored as one thing:
+    the method (weights, EMA targets, queues, centres: its state_dict), the optimizer, the
+    grad scaler, the online probe, the metrics history, the epoch's running meters, the
+    step, and what the run is (its resolved config and command-line overrides)."""
+    method: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: "torch.amp.GradScaler"
+    probe: Optional[nn.Module]           # the online probe (with its own `.opt`), or None
+    metrics: "MetricsLog"
+    meters: dict
+    config: dict
+    overrides: list
+    steps_per_epoch: int
+    step: int = 0
 
+    def snapshot(self) -> dict:
+        """The checkpoint's dict. `epoch`: completed epochs, as MoCo and SupContrast store
+        it (the schedules follow `step`)."""
+        state = {"step": self.step, "epoch": self.step // self.steps_per_epoch,
+                 "model": self.method.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "scaler": self.scaler.state_dict(), "config": self.config,
+                 "overrides": self.overrides, "metrics": self.metrics.rows,
+                 "meters": {k: v.cpu() for k, v in self.meters.items()},
+                 "rng": {"torch": torch.get_rng_state()}, "code": code_version()}
+        if torch.cuda.is_available():
+            state["rng"]["cuda"] = torch.cuda.get_rng_state_all()
+        if self.probe is not None:
+            state["probe"] = self.probe.state_dict()
+            state["probe_optimizer"] = self.probe.opt.state_dict()
+        return state
 
-def restore(state: dict, method, optimizer, scaler, probe, metrics, meters) -> int:
-    """Load a training_state into the run's objects; returns the step to continue from."""
-    try:
-        method.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-    except (KeyError, RuntimeError, ValueError) as e:
-        raise UserError(f"the checkpoint does not fit this config ({str(e).splitlines()[0]}). "
-                        f"Fix: resume with the same method/backbone/optimizer overrides") from None
-    scaler.load_state_dict(state["scaler"])
-    if probe is not None and "probe" in state:
-        probe.load_state_dict(state["probe"])
-        probe.opt.load_state_dict(state["probe_optimizer"])
-    # a row of a run stopped mid-epoch by max_steps is redone when the epoch ends
-    metrics.restore([r for r in state.get("metrics", []) if not r.get("partial")])
-    for k, v in state.get("meters", {}).items():
-        meters[k] = v.to(meters["seen"].device)
-    torch.set_rng_state(state["rng"]["torch"])
-    if "cuda" in state["rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-    return int(state["step"])
+    def restore(self, saved: dict) -> None:
+        """Load a snapshot into this run's objects; the step continues from the saved one."""
+        try:
+            self.method.load_state_dict(saved["model"])
+            self.optimizer.load_state_dict(saved["optimizer"])
+        except (KeyError, RuntimeError, ValueError) as e:
+            raise UserError(f"the checkpoint does not fit this config ({str(e).splitlines()[0]}). "
+                            f"Fix: resume with the same method/backbone/optimizer overrides") from None
+        self.scaler.load_state_dict(saved["scaler"])
+        if self.probe is not None and "probe" in saved:
+            self.probe.load_state_dict(saved["probe"])
+            self.probe.opt.load_state_dict(saved["probe_optimizer"])
+        # a row of a run stopped mid-epoch by max_steps is redone when the epoch ends
+        self.metrics.restore([r for r in saved.get("metrics", []) if not r.get("partial")])
+        for k, v in saved.get("meters", {}).items():
+            self.meters[k] = v.to(self.meters["seen"].device)
+        torch.set_rng_state(saved["rng"]["torch"])
+        if "cuda" in saved["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
+        self.step = int(saved["step"])
 
 
 def estimated_bytes(method, probe, optimizer_name: str) -> int:

@@ -1,7 +1,7 @@
 """Optimizers: SGD and AdamW from torch, LARS (three variants) written out, and learning-rate
 scaling."""
 import math
-from typing import Iterable, Sequence
+from typing import Iterable
 
 import torch
 
@@ -99,19 +99,17 @@ def scaled_lr(base_lr: float, batch_size: int, rule: str) -> float:
     raise ValueError(f"unknown lr scaling rule {rule!r}: use none, linear or sqrt")
 
 
-def build_optimizer(params, name: str, lr: float, weight_decay: float, momentum: float = 0.9,
-                    nesterov: bool = False, betas: Sequence[float] = (0.9, 0.999),
-                    trust_coefficient: float = 0.001, lars_variant: str = "sogclr",
-                    clip_lr: bool = False) -> torch.optim.Optimizer:
-    """sgd: weight decay on every parameter, as SimCLR-CIFAR10, MoCo and SupContrast do;
-    lars: see LARS (lars_variant, clip_lr); adamw: torch's AdamW (decoupled weight decay).
+def build_optimizer(params, o, lr: float) -> torch.optim.Optimizer:
+    """The optimizer described by cfg.optimizer (`o`) at learning rate `lr`:
+    sgd: weight decay on every parameter, as SimCLR-CIFAR10, MoCo and SupContrast do;
+    lars: see LARS (o.lars_variant, o.clip_lr); adamw: torch's AdamW (decoupled weight decay).
     `params`: parameters or parameter groups (a group's own weight_decay wins)."""
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov,
-                               weight_decay=weight_decay)
-    if name == "lars":
-        return LARS(params, lr=lr, momentum=momentum, weight_decay=weight_decay,
-                    trust_coefficient=trust_coefficient, variant=lars_variant, clip_lr=clip_lr)
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
-    raise ValueError(f"unknown optimizer {name!r}: use sgd, lars or adamw")
+    if o.name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=o.momentum, nesterov=o.nesterov,
+                               weight_decay=o.weight_decay)
+    if o.name == "lars":
+        return LARS(params, lr=lr, momentum=o.momentum, weight_decay=o.weight_decay,
+                    trust_coefficient=o.trust_coefficient, variant=o.lars_variant, clip_lr=o.clip_lr)
+    if o.name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+    raise ValueError(f"unknown optimizer {o.name!r}: use sgd, lars or adamw")

@@ -12,13 +12,16 @@ Writes into the first DIR:
   jobs not finished yet).
 
 A job directory is any folder under DIR holding Hydra's `.hydra/overrides.yaml`. The report
-reads only what the jobs write as they go (metrics.jsonl, done.json, the job's log,
+reads only what the jobs write as they go (events.jsonl, metrics.jsonl, done.json,
 error.txt, submitit's logs and result file, and a linear_eval.json in the job folder or
 one level below, e.g. from `python linear_eval.py pretrained=JOB hydra.run.dir=JOB/linear_eval`),
-so it works on a sweep that is still running. Status is one of
+so it works on a sweep that is still running. A job's life comes from its events
+(`sslcifar.events`: started, resumed, epoch_end, stopped, finished, failed), never from the
+wording of its log. Status is one of
 - `finished`: done.json exists;
-- `failed: <the error's last line>`: from error.txt (a user error), submitit's result file
-  (an exception inside the job) or stderr (a crash, a cancel, SLURM's time limit);
+- `failed: <the error's line>`: the failed event, error.txt (a user error before training
+  started), submitit's result file (an exception inside the job) or stderr (a crash, a
+  cancel, SLURM's time limit);
 - `cancelled: ...`: stopped by scancel (its last checkpoint is kept);
 - `requeued at step S`: stopped by a signal, waiting to be resumed;
 - `running` / `running (resumed at step S)`;
@@ -29,24 +32,17 @@ import csv
 import json
 import pickle
 import re
-from datetime import datetime
 from pathlib import Path
 from typing import Dict, List, Optional
 
 import yaml
 
+from .events import last_event, read_events
 from .metrics import read_metrics
 
 METRICS = ("loss", "knn_top1", "knn_r2", "online_top1", "linear_top1", "linear_r2")
 RESULT_COLUMNS = ("step", *METRICS, "epochs_done", "restarts", "wall_s", "status")
 
-_STAMP = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+)\]")
-# written by sslcifar.train when a signal stops the run and when a requeued run resumes
-_STOPPED = re.compile(r"signal .*?received at step (\d+)")
-_RESUMED = re.compile(r"resumed from .* at step (\d+)")
-_EPOCH = re.compile(r"epoch \d+ step (\d+) \|")
-# the first line of a job started again by SLURM (with or without a checkpoint to resume)
-_RESTART = re.compile(r"resumed from |SLURM requeue #|already finished; not running it again")
 # the last line of a failure: a user error, a Python exception, SLURM killing the job
 # (a requeue or a preemption is not a failure: the job comes back)
 _ERROR = re.compile(r"^(error: .*|[\w.]+(Error|Exception)\b.*"
@@ -146,55 +142,50 @@ def _submitit_completed(folder: Optional[Path]) -> bool:
     return folder is not None and any(folder.glob("*_0_result.pkl"))
 
 
-def _wall_time(lines: List[str]) -> Optional[float]:
-    """Seconds from the log's first line to its last, without the waits for a requeued
-    job to start again (the gap just before each restart's first line)."""
-    total, prev = 0.0, None
-    for line in lines:
-        m = _STAMP.match(line)
-        if not m:
-            continue
-        t = datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f")
-        if prev is not None and not _RESTART.search(line):
-            total += (t - prev).total_seconds()
-        prev = t
-    return total if prev is not None else None
+def _wall_time(events: List[dict]) -> Optional[float]:
+    """Seconds of training: from each start (started / resumed) to the last event before
+    the next start, summed, so a requeued job's wait to start again is not counted."""
+    total, begin, last = 0.0, None, None
+    for e in events:
+        if e["event"] in ("started", "resumed"):
+            if begin is not None:
+                total += last - begin
+            begin = e["time"]
+        last = e["time"]
+    if begin is None:
+        return None
+    return total + (last - begin)
 
 
-def _status(log: List[str], errors: List[str], done: bool, completed: bool,
-            last_row: Optional[dict] = None, stopped_at: Optional[int] = None) -> str:
-    """finished / failed / cancelled / requeued / stopped / running, from what the job
-    wrote: its log lines, error lines, done.json, submitit's result, metrics' last row and
-    stopped.json (written when max_steps ends a run, at an epoch end or not)."""
+def _status(events: List[dict], errors: List[str], done: bool, completed: bool,
+            last_row: Optional[dict] = None) -> str:
+    """finished / failed / cancelled / requeued / stopped / running, from the job's events,
+    its error lines (error.txt, stderr, submitit's result), done.json, submitit's result
+    and metrics' last row."""
     if done:
         return "finished"
-    if stopped_at is not None and not errors:
-        return f"stopped at step {stopped_at}"
+    last = last_event(events)
+    if last is not None and last["event"] == "stopped" and last.get("reason") == "max_steps" \
+            and not errors:
+        return f"stopped at step {last['step']}"
+    if last is not None and last["event"] == "failed":
+        errors = [*errors, last.get("error") or "failed"]
     if errors:
-        last = re.sub(r"^slurmstepd[^:]*: error: \*+ (.*?) \**$", r"\1", errors[-1])
-        if "CANCELLED AT" in last and "DUE TO" not in last:      # scancel: stopped, not broken
-            return "cancelled: " + last
-        return "failed: " + last[:300]
-    events = [(m.re is _RESUMED, int(m.group(1))) for m in
-              (_STOPPED.search(l) or _RESUMED.search(l) for l in log) if m]
-    if events and not events[-1][0]:
-        return f"requeued at step {events[-1][1]}"
-    last = next((m for m in map(_EPOCH.search, reversed(log)) if m), None)
+        line = re.sub(r"^slurmstepd[^:]*: error: \*+ (.*?) \**$", r"\1", errors[-1])
+        if "CANCELLED AT" in line and "DUE TO" not in line:      # scancel: stopped, not broken
+            return "cancelled: " + line
+        return "failed: " + line[:300]
+    if last is not None and last["event"] == "stopped":
+        return f"requeued at step {last['step']}"
+    progress = last_event(events, "epoch_end", "stopped", "resumed")
     if completed:                 # submitit has the job's result, yet no done.json
-        return f"stopped at step {last.group(1)}" if last else "stopped"
+        return f"stopped at step {progress['step']}" if progress else "stopped"
     if last_row and last_row.get("partial"):      # written only when max_steps ends a run
         return f"stopped at step {last_row['step']}"
-    if events:
-        return f"running (resumed at step {events[-1][1]})"
+    resumed = last_event(events, "resumed")
+    if resumed is not None:
+        return f"running (resumed at step {resumed['step']})"
     return "running"
-
-
-def _stopped_at(job: Path) -> Optional[int]:
-    """The step of stopped.json: the run ended at max_steps (removed when it resumes)."""
-    try:
-        return int(json.loads((job / "stopped.json").read_text())["step"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
 
 
 def job_row(job: Path, name: Optional[str] = None) -> dict:
@@ -230,17 +221,17 @@ def job_row(job: Path, name: Optional[str] = None) -> dict:
     whole = [r["epoch"] for r in rows if not r.get("partial")]
     res["epochs_done"] = max(whole) + 1 if whole else 0
 
-    log = [l for p in sorted(job.glob("*.log")) for l in _lines(p)]
-    res["restarts"] = sum(bool(_RESUMED.search(l)) for l in log)
-    res["wall_s"] = _wall_time(log)
+    events = read_events(job)
+    res["restarts"] = sum(e["event"] == "resumed" for e in events)
+    res["wall_s"] = _wall_time(events)
     folder = _submitit_folder(job)
     stderr = [l for p in sorted(folder.glob("*_0_log.err")) for l in _lines(p)] if folder else []
     errors = [l.strip() for l in _lines(job / "error.txt") + stderr if _ERROR.match(l.strip())]
     failure = _submitit_failure(folder) if done is None else None
     if failure:
         errors.append(failure)
-    res["status"] = _status(log, errors, done is not None, _submitit_completed(folder),
-                            rows[-1] if rows else None, _stopped_at(job))
+    res["status"] = _status(events, errors, done is not None, _submitit_completed(folder),
+                            rows[-1] if rows else None)
     row.update(res)
     return row
 

@@ -1,62 +1,84 @@
-"""Per-step schedules, computed once per run and read as `values[step]`: the learning
-rate, the weight decay, and a method's own quantities (EMA momentum, temperatures).
+"""Time: every quantity that changes during a run, as one value per optimizer step,
+computed once before the first step and read as `values[step]` (DINO's `cosine_scheduler`).
 
-    lr_schedule       the learning rate: linear warm-up from base/W, then cosine or constant
-    warmup_cosine     any quantity: linear warm-up from a start value, then cosine to a final one
-    cosine_momentum   the EMA momentum of BYOL / MoCo v3 / DINO at one step (closed form)
+    cosine_scheduler   the one per-step array builder: learning rate, weight decay, EMA
+                       momentum, teacher temperature, the linear probe's learning rate
+    per_epoch          one value per epoch, repeated for each step of that epoch
+    Schedules          a run's arrays together; `at(step)` -> the `Now` handed to a method
+    Now                one step's values: the step, the epoch and each scheduled quantity
+
+The loop builds the learning-rate and weight-decay arrays, asks the method for its own
+(`Method.schedules`: EMA momentum, teacher temperature, frozen layers), and hands the
+method each step's values; no method keeps a step counter or a schedule formula.
 """
 import math
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import Dict, Mapping, Optional
 
 import torch
 
 
-def lr_schedule(base_lr: float, total_steps: int, warmup_steps: int = 0, final_lr: float = 0.0,
-                kind: str = "cosine", warmup_start: Optional[float] = None) -> torch.Tensor:
-    """[total_steps] float64 learning rates.
+def cosine_scheduler(base: float, final: float, total_steps: int, warmup_steps: int = 0,
+                     warmup_start: Optional[float] = None) -> torch.Tensor:
+    """[total_steps] float64: a linear warm-up, then a half cosine from `base` to `final`.
 
-    1. warm-up: step s < W gets base_lr * (s + 1) / W (linear, never exactly 0); with
-       warmup_start, start + s * (base - start) / (W - 1) instead (solo-learn's
-       LinearWarmupCosineAnnealingLR: from 3e-5 at step 0 to base at step W - 1);
-    2. cosine: then final + (base - final) * (1 + cos(pi * t / (total - W - 1))) / 2 with
-       t = s - W, so the first step after warm-up is base_lr and the last is final_lr;
-    3. constant: base_lr after the warm-up.
+    1. warm-up, steps s < W (W = min(warmup_steps, total_steps)):
+       with warmup_start: linear from warmup_start at step 0 to base at step W - 1
+       (solo-learn's LinearWarmupCosineAnnealingLR from 3e-5; DINO's teacher temperature);
+       without: base * (s + 1) / W (SimCLR's and MoCo v3's ramp: never exactly 0);
+    2. cosine: final + (base - final) * (1 + cos(pi * t / (total - W - 1))) / 2 with
+       t = s - W, so step W takes `base` and the last step `final`.
+
+    base == final after the warm-up gives a constant. A cosine that should reach `final`
+    only one step *after* the run (BYOL's EMA momentum, the per-epoch probe lr of SogCLR's
+    lincls.py) is `cosine_scheduler(base, final, total + 1)[:total]`.
     """
-    if kind not in ("cosine", "constant"):
-        raise ValueError(f"unknown schedule {kind!r}: use cosine or constant")
-    warmup_steps = min(warmup_steps, total_steps)
+    warmup_steps = max(0, min(warmup_steps, total_steps))
     steps = torch.arange(total_steps, dtype=torch.float64)
-    lrs = torch.full((total_steps,), float(base_lr), dtype=torch.float64)
-    if warmup_steps > 0 and warmup_start is not None:
-        lrs[:warmup_steps] = torch.linspace(warmup_start, base_lr, warmup_steps, dtype=torch.float64)
-    elif warmup_steps > 0:
-        lrs[:warmup_steps] = base_lr * (steps[:warmup_steps] + 1) / warmup_steps
-    if kind == "cosine":
-        span = max(total_steps - warmup_steps - 1, 1)
-        t = steps[warmup_steps:] - warmup_steps
-        lrs[warmup_steps:] = final_lr + (base_lr - final_lr) * 0.5 * (1 + torch.cos(math.pi * t / span))
-    return lrs
-
-
-def warmup_cosine(base: float, final: float, total_steps: int, warmup_steps: int = 0,
-                  warmup_start: float = 0.0) -> torch.Tensor:
-    """[total_steps] float64: linear from warmup_start to base over the first warmup_steps
-    (step W-1 reaches base), then cosine from base (step W) to final (the last step).
-    With base == final after the warm-up it is a warm-up then a constant (DINO's teacher
-    temperature)."""
-    warmup_steps = min(warmup_steps, total_steps)
     out = torch.full((total_steps,), float(base), dtype=torch.float64)
-    if warmup_steps > 0:
+    if warmup_steps > 0 and warmup_start is not None:
         out[:warmup_steps] = torch.linspace(warmup_start, base, warmup_steps, dtype=torch.float64)
-    rest = total_steps - warmup_steps
-    if rest > 0:
-        t = torch.arange(rest, dtype=torch.float64) / max(rest - 1, 1)
-        out[warmup_steps:] = final + (base - final) * 0.5 * (1 + torch.cos(math.pi * t))
+    elif warmup_steps > 0:
+        out[:warmup_steps] = base * (steps[:warmup_steps] + 1) / warmup_steps
+    span = max(total_steps - warmup_steps - 1, 1)
+    t = steps[warmup_steps:] - warmup_steps
+    out[warmup_steps:] = final + (base - final) * 0.5 * (1 + torch.cos(math.pi * t / span))
     return out
 
 
-def cosine_momentum(step: int, total_steps: int, base: float, final: float = 1.0) -> float:
-    """The target network's EMA momentum at `step` (BYOL, Grill et al. 2020, sec. 3.2;
-    solo-learn's `cosine_scheduler`): final - (final - base) * (cos(pi * step / total) + 1) / 2,
-    base at step 0 rising to final at step total."""
-    return final - (final - base) * (math.cos(math.pi * step / total_steps) + 1) / 2
+def per_epoch(values: torch.Tensor, steps_per_epoch: int) -> torch.Tensor:
+    """[epochs] -> [epochs * steps_per_epoch]: each epoch's value on each of its steps."""
+    return values.repeat_interleave(steps_per_epoch)
+
+
+@dataclass(frozen=True)
+class Now:
+    """What the loop hands a method for the optimizer step about to be taken: the step
+    (0-based, counted over the whole run), its epoch, and this step's value of each of the
+    method's schedules (`now["momentum"]`, `now["teacher_temp"]`)."""
+    step: int = 0
+    epoch: int = 0
+    values: Mapping[str, float] = field(default_factory=dict)
+
+    def __getitem__(self, name: str) -> float:
+        return self.values[name]
+
+
+class Schedules:
+    """A run's per-step arrays by name, each [total_steps] (host floats: reading one costs
+    no device synchronisation)."""
+
+    def __init__(self, arrays: Dict[str, torch.Tensor], steps_per_epoch: int):
+        self.steps_per_epoch = steps_per_epoch
+        self.arrays = {name: v.tolist() for name, v in arrays.items()}
+        lengths = {len(v) for v in self.arrays.values()}
+        if len(lengths) > 1:
+            raise ValueError(f"schedules of different lengths: {sorted(lengths)}")
+
+    def __getitem__(self, name: str):
+        return self.arrays[name]
+
+    def at(self, step: int, names=None) -> Now:
+        """The values of `names` (default: every array) at `step`."""
+        names = self.arrays if names is None else names
+        return Now(step, step // self.steps_per_epoch, {k: self.arrays[k][step] for k in names})

@@ -5,18 +5,23 @@
     python moco.py backbone=resnet18 batch_size=256 moco_k=4096 moco_t=0.2
     torchrun --nproc_per_node=4 simclr.py batch_size=1024    # 4 GPUs, global batch 1024
 
-`train(cfg)` reads as sections: run directory, device and processes, data,
-model, optimisation, resume, loop, final evaluation. Distributed training,
-mixed precision and checkpointing sit behind small helpers that are no-ops
-on one CPU process. What a method needs from the loop goes through its hooks
-(`sslcifar.methods.base.Method`): parameter groups, before each step, after backward,
-after the optimizer step.
+`train(cfg)` reads as four sections, one function each: `set_up` (run directory, device
+and processes, data, model, optimisation, schedules, resume), `one_epoch` (the steps),
+`end_of_epoch` (the metrics row, kNN, checkpoints) and `finish` (linear evaluation,
+done.json, figures). What they share is a `Run`; what a checkpoint holds is its
+`RunState` (`sslcifar.checkpoint`). The loop owns time: every per-step value (learning
+rate, weight decay, and each method's own: EMA momentum, teacher temperature, ...) is an
+array computed once (`sslcifar.schedule`), and each step's values reach the method as a
+`Now`; one step is `sslcifar.step.train_step`. Distributed training, mixed precision and
+checkpointing sit behind small helpers that are no-ops on one CPU process. The run's life
+goes to `events.jsonl` (`sslcifar.events`), which the sweep report reads.
 """
 import json
 import logging
 import math
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict
 
@@ -29,6 +34,7 @@ from .config import as_dict
 from .data.loader import build_batches
 from .data.sources import build_source
 from .errors import UserError
+from .events import Events
 from .knn import knn_evaluate
 from .methods import build_method
 from .metrics import MetricsLog, WandbRun, epoch_row, new_meters
@@ -36,18 +42,54 @@ from .models import resolve_stem
 from .optim import build_optimizer, scaled_lr
 from .probe import OnlineProbe
 from .resume import StopRequest, check_same_config, current_overrides, requeued
-from .schedule import lr_schedule, warmup_cosine
+from .schedule import Schedules, cosine_scheduler
+from .step import check_schedules, train_step
 from .validate import check_disk_space, check_writable, validate_config, validate_data
 from .version import code_version
 
 log = logging.getLogger("sslcifar")
 
 DONE = "done.json"
-STOPPED = "stopped.json"      # a run that ended at max_steps before its last epoch
 
 
 class Diverged(UserError):
     """The loss became NaN or infinite."""
+
+
+@dataclass
+class Run:
+    """What the sections of `train` share."""
+    cfg: object
+    run_dir: Path
+    device: torch.device
+    world: int
+    is_main: bool
+    train_src: object
+    test_src: object
+    batches: object                 # .epoch(epoch, start_step) -> Batch per step
+    state: ckpt.RunState            # what a checkpoint saves
+    model: nn.Module                # what runs the forward: the method, wrapped (DDP, compile)
+    schedules: Schedules            # "lr", "weight_decay" (when scheduled), the method's
+    base_lr: float
+    last_step: int                  # the step this session stops at (epochs, or max_steps)
+    scaler: "torch.amp.GradScaler"
+    autocast: object
+    stop: StopRequest
+    events: Events
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.state.steps_per_epoch
+
+    @property
+    def total_steps(self) -> int:
+        return self.cfg.epochs * self.steps_per_epoch
+
+    def save(self) -> None:
+        """last.pt (rank 0), then every rank waits for it."""
+        if self.is_main:
+            ckpt.save_last(self.state.snapshot(), self.run_dir / "checkpoints")
+        dist.barrier()
 
 
 def default_run_dir() -> Path:
@@ -58,41 +100,59 @@ def default_run_dir() -> Path:
 
 
 def train(cfg) -> Dict[str, float]:
-    # ------------------------------------------------------------------ run directory
     validate_config(cfg)
     run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir()
-    ckpt_dir = run_dir / "checkpoints"
-    done_file = run_dir / DONE
-    if done_file.exists() and (cfg.resume or requeued()):
+    if (run_dir / DONE).exists() and (cfg.resume or requeued()):
         log.info("%s: this run already finished; not running it again", run_dir)
-        return json.loads(done_file.read_text())
+        return json.loads((run_dir / DONE).read_text())
+    run = None
+    try:
+        run = set_up(cfg, run_dir)
+        while run.state.step < run.last_step:
+            steps, seconds = one_epoch(run)
+            end_of_epoch(run, steps, seconds)
+        return finish(run)
+    except BaseException as e:      # the event says why the run ended; the error propagates
+        if not (isinstance(e, SystemExit) and not e.code):     # exit 0: stopped for requeue
+            events = run.events if run is not None else Events(run_dir, enabled=dist.rank() == 0)
+            events.write("failed", step=run.state.step if run is not None else 0,
+                         error=_one_line(e))
+        raise
 
-    # ------------------------------------------------------------------ device and processes
+
+def _one_line(e: BaseException) -> str:
+    """The line a user sees for this error (`error: ...` for a UserError, as on stderr)."""
+    text = f"error: {e}" if isinstance(e, UserError) else f"{type(e).__name__}: {e}".rstrip(": ")
+    return text.strip().splitlines()[0]
+
+
+# ---------------------------------------------------------------------- set-up
+
+def set_up(cfg, run_dir: Path) -> Run:
+    """Device and processes, data, model, optimisation, schedules; then resume if asked."""
     device = dist.pick_device(cfg.device)
     dist.init_from_env(device.type)
     rank, world = dist.rank(), dist.world_size()
     is_main = rank == 0
     if is_main:
         check_writable(run_dir)
-        (run_dir / STOPPED).unlink(missing_ok=True)
     amp_dtype = dist.autocast_dtype(cfg.precision, device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
-    # ------------------------------------------------------------------ data
+    # data: the order and the views are functions of (seed, epoch, step, rank)
     train_src = build_source(cfg, "train", device, augment=True)
     validate_data(cfg, train_src, world)
     test_src = build_source(cfg, "test", device)
     batches = build_batches(cfg, train_src, rank, world, device)
     steps_per_epoch = batches.steps_per_epoch
     total_steps = cfg.epochs * steps_per_epoch
-    last_step = total_steps if cfg.max_steps is None else min(cfg.max_steps, total_steps)
     num_classes = cfg.dataset.num_classes or (int(train_src.labels.max()) + 1)
 
-    # ------------------------------------------------------------------ model
-    torch.manual_seed(cfg.seed)          # same initial weights on every rank
+    # model: the same initial weights on every rank
+    torch.manual_seed(cfg.seed)
     method = build_method(cfg, len(train_src), num_classes).to(device)
     if cfg.channels_last:
         method = method.to(memory_format=torch.channels_last)
@@ -107,175 +167,225 @@ def train(cfg) -> Dict[str, float]:
         model = nn.parallel.DistributedDataParallel(
             method, device_ids=[device.index] if device.type == "cuda" else None,
             broadcast_buffers=False)
-    step_fn = torch.compile(model, mode=cfg.compile_mode) if cfg.compile else model
+    model = torch.compile(model, mode=cfg.compile_mode) if cfg.compile else model
 
-    # ------------------------------------------------------------------ optimisation
+    # optimisation and time: one array per scheduled quantity
     o = cfg.optimizer
     base_lr = scaled_lr(o.lr, cfg.batch_size, o.lr_scaling)
     groups = method.param_groups()
     for g in groups:            # a group that sets its own weight decay keeps it
         g["wd_schedule"] = "weight_decay" not in g
-    optimizer = build_optimizer(groups, o.name, base_lr, o.weight_decay, momentum=o.momentum,
-                                nesterov=o.nesterov, betas=tuple(o.betas),
-                                trust_coefficient=o.trust_coefficient,
-                                lars_variant=o.lars_variant, clip_lr=o.clip_lr)
-    if is_main:
-        check_disk_space(run_dir, ckpt.estimated_bytes(method, probe, o.name))
-    warmup = round(cfg.scheduler.warmup_epochs * steps_per_epoch)
-    final_lr = cfg.scheduler.final_lr if cfg.scheduler.name == "cosine" else base_lr
-    lrs = lr_schedule(base_lr, total_steps, warmup, final_lr,
-                      "cosine" if cfg.scheduler.name == "cosine" else "constant",
-                      cfg.scheduler.warmup_start_lr).tolist()
-    wds = None
-    if cfg.scheduler.final_weight_decay is not None:
-        wds = warmup_cosine(o.weight_decay, cfg.scheduler.final_weight_decay, total_steps).tolist()
+    optimizer = build_optimizer(groups, o, base_lr)
+    schedules = Schedules(time_arrays(cfg, method, base_lr, total_steps, steps_per_epoch),
+                          steps_per_epoch)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     autocast = (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None
                 else nullcontext())
 
-    # ------------------------------------------------------------------ resume
     wandb_run = None
     if cfg.wandb and is_main:
         wandb_run = WandbRun(run_dir, {**as_dict(cfg), "overrides": current_overrides(),
                                        "code": code_version()},
                              cfg.wandb_project, cfg.wandb_entity, cfg.wandb_name)
     metrics = MetricsLog(run_dir, cfg.tensorboard, enabled=is_main, wandb=wandb_run)
-    step, meters = 0, new_meters(device)
-    if cfg.resume or requeued():
-        state, path = ckpt.load_latest(ckpt_dir, map_location=device)
-        if state is None and cfg.resume:
-            raise UserError(f"resume=true but {ckpt_dir} holds no checkpoint. Fix: point "
-                            f"hydra.run.dir at the run to continue, or drop resume=true")
-        if state is not None:
-            # every rank checks (same answer everywhere: none is left waiting in a collective)
-            for warning in check_same_config(state.get("config", {}), as_dict(cfg), run_dir,
-                                             state.get("overrides"), put_back=is_main):
-                if is_main:
-                    log.warning(warning)
-            step = ckpt.restore(state, method, optimizer, scaler, probe, metrics, meters)
-            if is_main:     # under SLURM every task writes to the same log file
-                log.info("resumed from %s at step %d (epoch %d)%s", path, step,
-                         step // steps_per_epoch,
-                         f" after SLURM requeue #{requeued()}" if requeued() else "")
-        elif requeued():
-            log.warning("SLURM requeue #%d, but no checkpoint in %s yet: starting from step 0",
-                        requeued(), ckpt_dir)
+    state = ckpt.RunState(method, optimizer, scaler, probe, metrics, new_meters(device),
+                          as_dict(cfg), current_overrides(), steps_per_epoch)
+    if is_main:
+        check_disk_space(run_dir, ckpt.estimated_bytes(method, probe, o.name))
+    run = Run(cfg, run_dir, device, world, is_main, train_src, test_src, batches, state, model,
+              schedules, base_lr, total_steps if cfg.max_steps is None else min(cfg.max_steps, total_steps),
+              scaler, autocast, StopRequest(), Events(run_dir, enabled=is_main))
+    resume(run)
     if is_main:
         log.info("%s | %s-%s w%d | %s %d train images, %s | batch %d x %d steps/epoch | "
                  "lr %.4g | %s %s | %d process(es)", cfg.method.name, cfg.backbone.name,
                  resolve_stem(cfg.backbone.stem, cfg.dataset.size), cfg.backbone.width,
                  cfg.dataset.name, len(train_src), _views_line(cfg), cfg.batch_size,
                  steps_per_epoch, base_lr, device, amp_dtype or "fp32", world)
+    run.stop.install()
+    return run
 
-    def snapshot() -> dict:
-        return ckpt.training_state(step, step // steps_per_epoch, method, optimizer, scaler,
-                                   probe, as_dict(cfg), current_overrides(), metrics.rows, meters)
 
-    def save():
-        if is_main:
-            ckpt.save_last(snapshot(), ckpt_dir)
-        dist.barrier()
+def time_arrays(cfg, method, base_lr: float, total_steps: int, steps_per_epoch: int) -> dict:
+    """Every per-step array of the run: "lr" (linear warm-up, then cosine to final_lr or
+    constant), "weight_decay" (cosine to final_weight_decay, when set), and the method's
+    own (`Method.schedules`)."""
+    s = cfg.scheduler
+    final_lr = s.final_lr if s.name == "cosine" else base_lr
+    arrays = {"lr": cosine_scheduler(base_lr, final_lr, total_steps,
+                                     round(s.warmup_epochs * steps_per_epoch), s.warmup_start_lr)}
+    if s.final_weight_decay is not None:
+        arrays["weight_decay"] = cosine_scheduler(cfg.optimizer.weight_decay,
+                                                  s.final_weight_decay, total_steps)
+    own = method.schedules(cfg, total_steps, steps_per_epoch)
+    check_schedules(method, own)
+    clash = set(own) & set(arrays)
+    if clash:
+        raise ValueError(f"{type(method).__name__}.schedules() reuses the loop's names {clash}")
+    return {**arrays, **own}
 
-    stop = StopRequest()
-    stop.install()
 
-    # ------------------------------------------------------------------ loop
-    while step < last_step:
-        epoch, start = divmod(step, steps_per_epoch)
-        t0 = time.perf_counter()
-        bar = _progress(cfg, is_main, epoch, start, steps_per_epoch)
-        pending = []            # losses since the last log line, still on the device
-        for batch in batches.epoch(epoch, start):
-            for group in optimizer.param_groups:
-                group["lr"] = base_lr if group.get("fixed_lr") else lrs[step]
-                if wds is not None and group["wd_schedule"]:
-                    group["weight_decay"] = wds[step]
-            method.before_step(step, total_steps, steps_per_epoch)
-            if cfg.channels_last:
-                batch.views = [v.contiguous(memory_format=torch.channels_last) for v in batch.views]
-            out = train_step(step_fn, optimizer, scaler, autocast, batch,
-                             lambda: method.after_backward(step, steps_per_epoch))
-            method.after_step(step, total_steps)
-            loss = out["loss"]
-            if probe is not None:
-                correct, labelled = probe.step(out["features"], batch.labels)
-                meters["probe_correct"] += correct
-                meters["probe_seen"] += labelled
-            step += 1
-            pending.append(loss.detach())
-            meters["loss_sum"] += loss.detach().double()
-            meters["seen"] += 1
-            for k, v in out.items():
-                if k not in ("loss", "features"):
-                    meters.setdefault(k, torch.zeros((), dtype=torch.float64, device=device))
-                    meters[k] += v.double()
-            # the only host-device synchronisation: every log_every steps
-            at_log = step % cfg.log_every == 0 or step == last_step or step % steps_per_epoch == 0
-            stopping = stop.signum is not None
-            if world > 1:
-                # each rank may see the signal at a different step; stopping on one rank
-                # alone would leave the others waiting in a collective. The ranks agree
-                # at log steps, which they all reach together.
-                stopping = at_log and dist.any_rank(stopping, device)
-            if at_log or stopping:
-                _check_finite(pending, step, steps_per_epoch, ckpt_dir)
-                if bar is not None:
-                    bar.update(len(pending) * cfg.batch_size)
-                    bar.set_postfix(loss=f"{pending[-1].item():.4f}", lr=f"{lrs[step - 1]:.4g}")
-                metrics.scalars({"train/loss": pending[-1].item(), "train/lr": lrs[step - 1]}, step)
-                pending = []
-            if stopping:
-                if is_main:     # all ranks stop at this step; one line says so
-                    log.warning("signal %s received at step %d: saving a checkpoint and stopping "
-                                "for requeue", stop.signum or "(on another rank)", step)
-                save()
-                stop.forward_to_previous()
-                raise SystemExit(0)
-            if step == last_step:
-                break
-        if bar is not None:
-            bar.close()
-        elapsed = time.perf_counter() - t0
-        steps_done = step - epoch * steps_per_epoch - start
-        epoch_end = step % steps_per_epoch == 0
-        evaluate = step == last_step or (epoch_end and cfg.eval.knn_every > 0
-                                         and (epoch + 1) % cfg.eval.knn_every == 0)
-        if epoch_end or step == last_step:
-            row = epoch_row(epoch, step, meters, lrs[step - 1], cfg.batch_size * steps_done / elapsed,
-                            probe is not None)
-            if not epoch_end:
-                row["partial"] = True       # stopped by max_steps mid-epoch; dropped on resume
-            if evaluate:
-                row.update(_knn(cfg, method, train_src, test_src, is_main))
-            if is_main:
-                metrics.write(row)
-                log.info("epoch %d step %d | %s", epoch, step, " ".join(
-                    f"{k}={v:.4g}" for k, v in row.items() if k not in ("epoch", "step")
-                    and isinstance(v, float)))
-            if epoch_end:
-                meters = new_meters(device)
-            save()
-            if is_main and epoch_end and cfg.checkpoint_every and (epoch + 1) % cfg.checkpoint_every == 0:
-                ckpt.atomic_save(snapshot(), ckpt_dir / f"epoch_{epoch + 1}.pt")
+def resume(run: Run) -> None:
+    """resume=true, or a SLURM requeue: continue from the newest loadable checkpoint, with
+    the same config (sslcifar.resume); else start at step 0."""
+    cfg, folder = run.cfg, run.run_dir / "checkpoints"
+    restart = requeued()
+    saved, path = (None, None)
+    if cfg.resume or restart:
+        saved, path = ckpt.load_latest(folder, map_location=run.device)
+        if saved is None and cfg.resume:
+            raise UserError(f"resume=true but {folder} holds no checkpoint. Fix: point "
+                            f"hydra.run.dir at the run to continue, or drop resume=true")
+    if saved is None:
+        if restart:
+            log.warning("SLURM requeue #%d, but no checkpoint in %s yet: starting from step 0",
+                        restart, folder)
+        run.events.write("started", step=0, restart=restart)
+        return
+    # every rank checks (same answer everywhere: none is left waiting in a collective)
+    for warning in check_same_config(saved.get("config", {}), run.state.config, run.run_dir,
+                                     saved.get("overrides"), put_back=run.is_main):
+        if run.is_main:
+            log.warning(warning)
+    run.state.restore(saved)
+    step = run.state.step
+    run.events.write("resumed", step=step, restart=restart, checkpoint=str(path))
+    if run.is_main:     # under SLURM every task writes to the same log file
+        log.info("resumed from %s at step %d (epoch %d)%s", path, step,
+                 step // run.steps_per_epoch, f" after SLURM requeue #{restart}" if restart else "")
 
-    # ------------------------------------------------------------------ final
-    if is_main and cfg.eval.linear and metrics.rows:
-        # the post-pretraining linear evaluation: into the last row and done.json
-        linear = _linear(cfg, method, train_src, test_src, device)
+
+# ---------------------------------------------------------------------- one epoch
+
+def one_epoch(run: Run):
+    """The steps of one epoch, from the run's step to the epoch's end or the run's last
+    step; a stop signal saves and exits for requeue. Returns (steps taken, seconds)."""
+    cfg, state = run.cfg, run.state
+    method, optimizer, meters = state.method, state.optimizer, state.meters
+    lrs, wds = run.schedules["lr"], run.schedules.arrays.get("weight_decay")
+    epoch, start = divmod(state.step, run.steps_per_epoch)
+    t0 = time.perf_counter()
+    bar = _progress(cfg, run.is_main, epoch, start, run.steps_per_epoch)
+    pending = []            # losses since the last log line, still on the device
+    for batch in run.batches.epoch(epoch, start):
+        step = state.step
+        for group in optimizer.param_groups:
+            group["lr"] = run.base_lr if group.get("fixed_lr") else lrs[step]
+            if wds is not None and group["wd_schedule"]:
+                group["weight_decay"] = wds[step]
+        if cfg.channels_last:
+            batch.views = [v.contiguous(memory_format=torch.channels_last) for v in batch.views]
+        out = train_step(run.model, method, optimizer, batch, run.schedules.at(step),
+                         run.scaler, run.autocast)
+        if state.probe is not None:
+            correct, labelled = state.probe.step(out["features"], batch.labels)
+            meters["probe_correct"] += correct
+            meters["probe_seen"] += labelled
+        state.step = step = step + 1
+        loss = out["loss"].detach()
+        pending.append(loss)
+        meters["loss_sum"] += loss.double()
+        meters["seen"] += 1
+        for k, v in out.items():
+            if k not in ("loss", "features"):
+                meters.setdefault(k, torch.zeros((), dtype=torch.float64, device=run.device))
+                meters[k] += v.double()
+        # the only host-device synchronisation: every log_every steps
+        at_log = step % cfg.log_every == 0 or step == run.last_step or step % run.steps_per_epoch == 0
+        stopping = run.stop.signum is not None
+        if run.world > 1:
+            # each rank may see the signal at a different step; stopping on one rank alone
+            # would leave the others waiting in a collective. The ranks agree at log
+            # steps, which they all reach together.
+            stopping = at_log and dist.any_rank(stopping, run.device)
+        if at_log or stopping:
+            _check_finite(pending, step, run.steps_per_epoch, run.run_dir / "checkpoints")
+            if bar is not None:
+                bar.update(len(pending) * cfg.batch_size)
+                bar.set_postfix(loss=f"{pending[-1].item():.4f}", lr=f"{lrs[step - 1]:.4g}")
+            state.metrics.scalars({"train/loss": pending[-1].item(), "train/lr": lrs[step - 1]}, step)
+            pending = []
+        if stopping:
+            _stop_for_requeue(run)
+        if step == run.last_step:
+            break
+    if bar is not None:
+        bar.close()
+    return state.step - epoch * run.steps_per_epoch - start, time.perf_counter() - t0
+
+
+def _stop_for_requeue(run: Run) -> None:
+    """A signal (SLURM's warning before a time limit or preemption): all ranks stop at this
+    step, save, and exit; the signal goes on to whoever listened before (submitit requeues)."""
+    import signal
+    signum = run.stop.signum
+    if run.is_main:
+        log.warning("signal %s received at step %d: saving a checkpoint and stopping for "
+                    "requeue", signum or "(on another rank)", run.state.step)
+    run.save()
+    run.events.write("stopped", step=run.state.step, reason="signal",
+                     signal=signal.Signals(signum).name if signum else None)
+    run.stop.forward_to_previous()
+    raise SystemExit(0)
+
+
+# ---------------------------------------------------------------------- end of an epoch
+
+def end_of_epoch(run: Run, steps_done: int, seconds: float) -> None:
+    """At an epoch's end, or where max_steps stops the run: the metrics row (kNN when due),
+    last.pt (and epoch_N.pt every checkpoint_every epochs), the event."""
+    cfg, state = run.cfg, run.state
+    step = state.step
+    epoch = (step - 1) // run.steps_per_epoch
+    epoch_end = step % run.steps_per_epoch == 0
+    last = step == run.last_step
+    if not (epoch_end or last):
+        return
+    evaluate = last or (epoch_end and cfg.eval.knn_every > 0 and (epoch + 1) % cfg.eval.knn_every == 0)
+    row = epoch_row(epoch, step, state.meters, run.schedules["lr"][step - 1],
+                    cfg.batch_size * steps_done / seconds, state.probe is not None)
+    if not epoch_end:
+        row["partial"] = True       # stopped by max_steps mid-epoch; dropped on resume
+    if evaluate:
+        row.update(_knn(cfg, state.method, run.train_src, run.test_src, run.is_main))
+    if run.is_main:
+        state.metrics.write(row)
+        log.info("epoch %d step %d | %s", epoch, step, " ".join(
+            f"{k}={v:.4g}" for k, v in row.items() if k not in ("epoch", "step")
+            and isinstance(v, float)))
+    if epoch_end:
+        state.meters = new_meters(run.device)
+    run.save()
+    if run.is_main and epoch_end and cfg.checkpoint_every and (epoch + 1) % cfg.checkpoint_every == 0:
+        ckpt.atomic_save(state.snapshot(), run.run_dir / "checkpoints" / f"epoch_{epoch + 1}.pt")
+    if epoch_end:
+        run.events.write("epoch_end", epoch=epoch, step=step)
+
+
+# ---------------------------------------------------------------------- finish
+
+def finish(run: Run) -> Dict[str, float]:
+    """The protocol's linear evaluation (eval.linear), done.json (or the max_steps stop),
+    the figures and the `final:` line."""
+    cfg, state, run_dir = run.cfg, run.state, run.run_dir
+    metrics, step = state.metrics, state.step
+    if run.is_main and cfg.eval.linear and metrics.rows:
+        linear = _linear(cfg, state.method, run.train_src, run.test_src, run.device)
         metrics.rows[-1].update(linear)
         metrics.restore(metrics.rows)
         metrics.scalars({f"epoch/{k}": v for k, v in linear.items() if isinstance(v, float)}, step)
         log.info("linear evaluation (%s): %s", cfg.eval.linear,
                  " ".join(f"{k}={v:.4g}" for k, v in linear.items() if isinstance(v, float)))
-    final = {k: v for k, v in metrics.rows[-1].items()} if metrics.rows else {"step": step}
-    final["finished"] = step >= total_steps
-    if is_main:
+    final = dict(metrics.rows[-1]) if metrics.rows else {"step": step}
+    final["finished"] = step >= run.total_steps
+    if run.is_main:
         final["code"] = code_version()
-        if step >= total_steps:
-            done_file.write_text(json.dumps(final))
+        if final["finished"]:
+            (run_dir / DONE).write_text(json.dumps(final))
+            run.events.write("finished", step=step)
         else:       # max_steps: the report shows it stopped, not running; resume continues
-            (run_dir / STOPPED).write_text(json.dumps({"step": step, "reason": "max_steps"}))
-        _figures(cfg, run_dir, method, test_src)
+            run.events.write("stopped", step=step, reason="max_steps")
+        _figures(cfg, run_dir, state.method, run.test_src)
         for name in ("curves", "tsne"):
             metrics.image(name, run_dir / f"{name}.png", step)
         summary = " ".join(f"{k}={v:.4f}" for k, v in final.items()
@@ -286,24 +396,7 @@ def train(cfg) -> Dict[str, float]:
     return final
 
 
-# ---------------------------------------------------------------------- helpers of the loop
-
-def train_step(model, optimizer, scaler, autocast, batch, after_backward=None) -> dict:
-    """Forward under autocast, backward (loss-scaled for fp16), the method's after-backward
-    hook on unscaled gradients, optimizer step. No host-device synchronisation: the loss
-    stays a device tensor."""
-    with autocast:
-        out = model(batch)
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(out["loss"]).backward()
-    if after_backward is not None:
-        if scaler.is_enabled():
-            scaler.unscale_(optimizer)      # clipping must see the true gradients
-        after_backward()
-    scaler.step(optimizer)
-    scaler.update()
-    return out
-
+# ---------------------------------------------------------------------- helpers
 
 def _views_line(cfg) -> str:
     """'2x32px views' / '2x32px + 6x24px views' for the log's first line."""

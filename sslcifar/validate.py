@@ -104,6 +104,9 @@ def validate_config(cfg) -> None:
     for key, size in [("dataset.size", cfg.dataset.size)] + [("view size", s) for s in sizes]:
         _require(size >= MIN_SIZE[stem], key, size,
                  f"the {stem} stem needs images of at least {MIN_SIZE[stem]}px")
+    _require(not (method.needs_replay and cfg.dataset.pipeline == "torchvision"), "dataset.pipeline",
+             "torchvision", f"method={method.name} re-makes views from their parameters, which "
+             f"torchvision's pipeline cannot: use auto, device or stream")
     method.check_config(cfg, sizes)
     _require(cfg.backbone.width >= 1, "backbone.width", cfg.backbone.width, "needs >= 1")
     _require(cfg.log_every >= 1, "log_every", cfg.log_every, "needs >= 1")

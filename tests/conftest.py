@@ -42,11 +42,13 @@ METHOD_OVERRIDES = {
 
 def run(script: str, *overrides: str, cwd=None, timeout: float = 300, env=None,
         check: bool = True) -> subprocess.CompletedProcess:
-    """Run a top-level script (simclr.py, moco.py, linear_eval.py) as a user would."""
+    """Run a top-level script (simclr.py, moco.py, linear_eval.py), or a module given as
+    "-m sslcifar.knn", as a user would."""
     e = dict(os.environ, PYTHONPATH=str(REPO), HYDRA_FULL_ERROR="0")
     e.pop("SLURM_RESTART_COUNT", None)
     e.update(env or {})
-    args = [sys.executable, str(REPO / script), *overrides]
+    target = ["-m", script[3:]] if script.startswith("-m ") else [str(REPO / script)]
+    args = [sys.executable, *target, *overrides]
     proc = subprocess.run(args, cwd=cwd or REPO, env=e, capture_output=True, text=True,
                           timeout=timeout)
     if check and proc.returncode != 0:
@@ -115,3 +117,38 @@ def cifar_root(tmp_path_factory) -> Path:
     x = rng.randint(0, 256, (1000, 3, 32, 32), dtype=np.uint8)
     xt = rng.randint(0, 256, (500, 3, 32, 32), dtype=np.uint8)
     return write_cifar_layout(out, x, rng.randint(0, 10, 1000), xt, rng.randint(0, 10, 500))
+
+
+# ---------------------------------------------------------------------- every registered method
+
+def registered_methods():
+    """The method names of the registry: what every per-method test runs over."""
+    from sslcifar.methods import METHODS
+    return sorted(METHODS)
+
+
+def method_overrides(name: str):
+    """`method=NAME` and its tiny overrides (METHOD_OVERRIDES)."""
+    return [f"method={name}", *METHOD_OVERRIDES.get(name, [])]
+
+
+def synthetic_views(cfg, b: int, generator, dtype=None, noise: float = None):
+    """Views [b, 3, S, S] of the sizes cfg's view groups give (multi-crop included), as a
+    pipeline would hand them to the method; with `noise`, every view is the first one plus
+    that much noise (views of the same images)."""
+    import torch
+    from sslcifar.data.views import view_sizes, view_specs
+    sizes = view_sizes(view_specs(cfg.augment, cfg.dataset))
+    views = [torch.randn(b, 3, s, s, generator=generator, dtype=dtype) for s in sizes]
+    if noise is not None:
+        first = views[0]
+        views = [torch.nn.functional.interpolate(first, size=v.shape[-1], mode="bilinear",
+                                                 align_corners=False) + noise * v for v in views]
+    return views
+
+
+def method_schedules(method, cfg, total_steps: int, steps_per_epoch: int):
+    """The method's per-step values as the loop computes them (no lr: the test's own
+    optimizer keeps its lr)."""
+    from sslcifar.schedule import Schedules
+    return Schedules(method.schedules(cfg, total_steps, steps_per_epoch), steps_per_epoch)

@@ -7,7 +7,10 @@ import torch
 
 from sslcifar.data.batch import Batch
 from sslcifar.methods import MoCo, build_method
+from sslcifar.methods.ema import update_targets
 from sslcifar.models import SplitBatchNorm2d, build_backbone, projection_mlp, split_batchnorm
+from sslcifar.schedule import Now, Schedules
+from sslcifar.step import train_step
 
 from .test_config import compose_cfg
 
@@ -17,16 +20,18 @@ def _batch(views):
     return Batch(views, torch.arange(b), torch.zeros(b, dtype=torch.long))
 
 
-def tiny_moco(K=10, m=0.9, symmetric=False):
+def tiny_moco(K=10, symmetric=False):
     torch.manual_seed(0)
     backbone = build_backbone("resnet18", 4, "cifar", 16)
     proj = projection_mlp(backbone.num_features, None, 8, 2, bn=False)
-    return MoCo(backbone, proj, queue_size=K, momentum=m, temperature=0.2,
-                symmetric=symmetric, shuffle_bn=True)
+    return MoCo(backbone, proj, queue_size=K, temperature=0.2, symmetric=symmetric,
+                shuffle_bn=True)
 
 
-def test_key_encoder_gets_no_gradient_and_moves_by_the_ema_rule():
-    model = tiny_moco(m=0.9)
+def test_key_encoder_gets_no_gradient_and_moves_by_the_ema_rule_before_the_keys():
+    """The loop's step (sslcifar.step.train_step): MoCo's key encoder moves by m = 0.9 before
+    the forward, so this step's keys come from the updated encoder (MoCo's builder)."""
+    model = tiny_moco()
     x = torch.randn(4, 3, 16, 16)
     q_before = copy.deepcopy(list(model.backbone.parameters()) + list(model.projector.parameters()))
     k_before = copy.deepcopy(list(model.backbone_k.parameters()) + list(model.projector_k.parameters()))
@@ -35,13 +40,18 @@ def test_key_encoder_gets_no_gradient_and_moves_by_the_ema_rule():
         for p in model.backbone.parameters():
             p.add_(0.1)
     q_now = [p.detach().clone() for p in list(model.backbone.parameters()) + list(model.projector.parameters())]
-    out = model(_batch([x, x.flip(-1)]))
-    out["loss"].backward()
+    keys_seen = []
+    model.projector_k.register_forward_hook(lambda m, i, o: keys_seen.append(
+        [p.detach().clone() for p in model.backbone_k.parameters()]))
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.0)
+    train_step(model, model, opt, _batch([x, x.flip(-1)]), Now(0, 0, {"momentum": 0.9}))
     for p in list(model.backbone_k.parameters()) + list(model.projector_k.parameters()):
         assert p.grad is None and not p.requires_grad
     k_after = list(model.backbone_k.parameters()) + list(model.projector_k.parameters())
     for kb, qn, ka in zip(k_before, q_now, k_after):
         torch.testing.assert_close(ka, 0.9 * kb + 0.1 * qn)
+    for seen, ka in zip(keys_seen[0], model.backbone_k.parameters()):    # keys: after the EMA
+        assert torch.equal(seen, ka)
     assert any(p.grad is not None for p in model.backbone.parameters())
     del q_before
 
@@ -56,8 +66,8 @@ def test_queue_holds_the_latest_keys_and_wraps_around():
         queue_before = model.queue.clone()
         with torch.no_grad():
             out = model(_batch([x, x]))
-        # keys are the normalised key-encoder outputs of the second view, computed
-        # after this step's EMA update (the model's state now)
+        # keys are the normalised key-encoder outputs of the second view (the loop updates
+        # the key encoder before the forward; here it is not updated)
         with torch.no_grad():
             model.backbone_k.train()
             k = torch.nn.functional.normalize(model.projector_k(model.backbone_k(x)), dim=1)
@@ -83,45 +93,8 @@ def test_moco_loss_uses_the_queue_before_this_batch_is_enqueued():
         # recompute with the old queue through the pure loss
         from sslcifar.losses import moco_infonce
         q = torch.nn.functional.normalize(copy_model.projector(copy_model.backbone(x)), dim=1)
-        copy_model._momentum_update_key_encoder()
         k = torch.nn.functional.normalize(copy_model.projector_k(copy_model.backbone_k(x.flip(-1))), dim=1)
         torch.testing.assert_close(out["loss"], moco_infonce(q, k, queue, 0.2))
-
-
-@pytest.mark.parametrize("method", ["simclr", "moco", "sogclr", "supcon", "supervised", "byol",
-                                    "simsiam", "barlow_twins", "vicreg", "mocov3", "dino", "swav"])
-def test_loss_falls_on_a_fixed_tiny_batch(method):
-    primary = "moco" if method == "moco" else "simclr"
-    extra = {"moco": ["method.queue_size=64"],
-             # DINO's targets move as its centre does (towards uniform: the loss rises to
-             # log K); with the centre held at 0 the student can fit a fixed teacher
-             "dino": ["batch_size=16", "loss.center_momentum=1.0"]}.get(method, ["batch_size=16"])
-    cfg = compose_cfg(primary, [f"method={method}", "backbone.width=8", "dataset.size=16", *extra])
-    torch.manual_seed(0)
-    model = build_method(cfg, num_train=16, num_classes=4)
-    # Barlow Twins sums over 2048^2 correlations (loss ~100): its recipe's LARS adapts the
-    # step; plain SGD needs a smaller one
-    lr = 0.002 if method == "barlow_twins" else 0.05
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr, momentum=0.9)
-    g = torch.Generator().manual_seed(1)
-    num_views = sum(group.count for group in cfg.augment.groups)
-    views = [torch.randn(16, 3, 16, 16, generator=g) for _ in range(num_views)]
-    views = [views[0] + 0.1 * torch.randn(16, 3, 16, 16, generator=g) for _ in views]
-    batch = Batch(views, torch.arange(16), torch.arange(16) % 4)
-    if method == "moco":                 # fill the queue with real keys first (random at start)
-        with torch.no_grad():
-            for _ in range(64 // 16):
-                model(batch)
-    losses = []
-    for _ in range(12):
-        out = model(batch)
-        opt.zero_grad()
-        out["loss"].backward()
-        opt.step()
-        losses.append(out["loss"].item())
-    assert losses[-1] < losses[0], losses
-    assert out["features"].shape == (16, model.backbone.num_features)
-    assert not out["features"].requires_grad
 
 
 def test_one_process_key_shuffle_keeps_key_order_and_changes_bn_groups():
@@ -137,7 +110,7 @@ def test_one_process_key_shuffle_keeps_key_order_and_changes_bn_groups():
         if bn_splits > 1:
             split_batchnorm(backbone, bn_splits)
         proj = projection_mlp(backbone.num_features, None, 8, 2, bn=False)
-        model = MoCo(backbone, proj, 16, 0.9, 0.2, symmetric=False, shuffle_bn=shuffle)
+        model = MoCo(backbone, proj, 16, 0.2, symmetric=False, shuffle_bn=shuffle)
         model.train(train)
         torch.manual_seed(1)
         return model._keys(x)
@@ -160,10 +133,11 @@ def test_moco_config_uses_the_cifar_demos_split_batchnorm():
 def test_symmetric_moco_sums_both_directions_like_the_moco_cifar_demo():
     """loss = loss_12 + loss_21 (not their mean); both use the queue before this batch's
     keys, which are enqueued as [k1, k2]."""
-    model = tiny_moco(K=12, m=0.9, symmetric=True).eval()   # eval: running BN, shuffle inert
+    model = tiny_moco(K=12, symmetric=True).eval()   # eval: running BN, shuffle inert
     ref = copy.deepcopy(model)
     torch.manual_seed(2)
     x1, x2 = torch.randn(4, 3, 16, 16), torch.randn(4, 3, 16, 16)
+    update_targets(model, 0.9)              # what the loop does before MoCo's forward
     loss = model(_batch([x1, x2]))["loss"]
 
     def naive_infonce(q, k, queue, t=0.2):
@@ -221,30 +195,33 @@ def _tiny(method, *extra):
     return build_method(cfg, num_train=8, num_classes=2)
 
 
-def test_targets_get_no_gradient_and_follow_the_cosine_momentum_after_each_step():
+def test_targets_get_no_gradient_and_follow_the_cosine_momentum():
     """BYOL: the target moves after the optimizer step, by tau(step) = 1 - (1 - 0.99)(cos(pi
-    step / total) + 1) / 2 (solo-learn's indexing); MoCo v3: inside the forward, before the keys."""
+    step / total) + 1) / 2 (solo-learn's indexing); MoCo v3: before the forward, so the keys
+    of a step come from the encoder updated by that step's momentum."""
     import math
-    from sslcifar.schedule import cosine_momentum
     model = _tiny("byol")
+    cfg = compose_cfg(overrides=["method=byol"])
+    taus = Schedules(model.schedules(cfg, 100, 10), 10)
+    tau = taus.at(25)["momentum"]
+    assert tau == pytest.approx(1 - 0.01 * (math.cos(math.pi / 4) + 1) / 2)
+    assert taus.at(0)["momentum"] == 0.99 and taus.at(50)["momentum"] == pytest.approx(0.995)
     x = torch.randn(4, 3, 16, 16)
-    out = model(_batch([x, x.flip(-1)]))
-    out["loss"].backward()
-    assert all(p.grad is None for p in model.backbone_t.parameters())
-    assert all(p.grad is None for p in model.projector_t.parameters())
-    with torch.no_grad():                        # an online step
+    with torch.no_grad():                        # the online network differs from the target
         for p in model.backbone.parameters():
             p.add_(0.05)
     before = [p.clone() for p in model.backbone_t.parameters()]
-    online = [p.clone() for p in model.backbone.parameters()]
-    model.after_step(25, 100)
-    tau = cosine_momentum(25, 100, 0.99)
-    assert tau == pytest.approx(1 - 0.01 * (math.cos(math.pi / 4) + 1) / 2)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    train_step(model, model, opt, _batch([x, x.flip(-1)]), taus.at(25))
+    assert all(p.grad is None for p in model.backbone_t.parameters())
+    assert all(p.grad is None for p in model.projector_t.parameters())
+    online = list(model.backbone.parameters())         # after the optimizer step
     for t, b, o in zip(model.backbone_t.parameters(), before, online):
         torch.testing.assert_close(t, tau * b + (1 - tau) * o)
     v3 = _tiny("mocov3")
-    v3.before_step(50, 100, 10)
-    assert v3.m == pytest.approx(cosine_momentum(50, 100, 0.99))
+    assert v3.ema_timing == "before_forward" and model.ema_timing == "after_step"
+    m = Schedules(v3.schedules(compose_cfg(overrides=["method=mocov3"]), 100, 10), 10)
+    assert m.at(50)["momentum"] == pytest.approx(0.995)
 
 
 def test_simsiams_predictor_keeps_the_base_lr_in_the_loop():
@@ -275,43 +252,54 @@ def test_heads_are_the_recipes_architectures():
 
 
 def test_dino_teacher_sees_the_global_crops_and_the_last_layer_waits_an_epoch():
-    model = _tiny("dino", "method.clip_grad=0.5", "loss.warmup_teacher_temp_epochs=3")
+    overrides = ["method.clip_grad=0.5", "loss.warmup_teacher_temp_epochs=3"]
+    model = _tiny("dino", *overrides)
+    cfg = compose_cfg(overrides=["method=dino", *overrides])
+    time = Schedules(model.schedules(cfg, 100, 10), 10)
     calls = []
     model.backbone_t.register_forward_hook(lambda m, i, o: calls.append(i[0].shape))
     g = torch.Generator().manual_seed(0)
     views = [torch.randn(4, 3, 16, 16, generator=g) for _ in range(2)] + \
             [torch.randn(4, 3, 8, 8, generator=g) for _ in range(3)]
-    temps = []
-    for step, epoch_len in ((0, 10), (15, 10), (25, 10), (40, 10)):
-        model.before_step(step, 100, epoch_len)
-        temps.append(model.teacher_temp)
+    temps = [time.at(step)["teacher_temp"] for step in (0, 15, 25, 40)]
     assert temps == pytest.approx([0.04, 0.055, 0.07, 0.07])       # linear over 3 epochs
-    out = model(_batch(views))
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.0)
+    grads = {}
+    model.head.mlp[0].weight.register_hook(lambda g: grads.setdefault("hooked", g))
+    out = train_step(model, model, opt, _batch(views), time.at(9))   # still epoch 0
     assert calls == [(8, 3, 16, 16)]                          # the two global crops only
-    out["loss"].backward()
-    model.after_backward(step=9, steps_per_epoch=10)           # still epoch 0
+    assert out["teacher_temp"].item() == pytest.approx(0.04)
     assert all(p.grad is None for p in model.head.last_layer.parameters())
-    assert all(p.grad is None or p.grad.norm() <= 0.5 * (1 + 1e-5) for p in model.parameters())
+    # clipped to 0.5, to float32 rounding of a norm over 2048 x 2048 entries
+    assert all(p.grad is None or p.grad.norm() <= 0.5 * (1 + 1e-4) for p in model.parameters())
     assert model.backbone.conv1.weight.grad is not None
     assert not model.head.last_layer.weight_g.requires_grad      # norm_last_layer
+    train_step(model, model, opt, _batch(views), time.at(10))       # epoch 1: it learns
+    assert model.head.last_layer.weight_v.grad is not None
 
 
 def test_swav_prototypes_are_unit_vectors_frozen_first_and_the_queue_fills_then_is_used():
-    model = _tiny("swav", "method.queue_size=8", "method.queue_start_epoch=0",
-                  "method.freeze_prototypes_epochs=1", "batch_size=4")
+    overrides = ["method.queue_size=8", "method.queue_start_epoch=0",
+                 "method.freeze_prototypes_epochs=1", "batch_size=4"]
+    model = _tiny("swav", *overrides)
+    time = Schedules(model.schedules(compose_cfg(overrides=["method=swav", *overrides]), 100, 10), 10)
     with torch.no_grad():
         model.prototypes.weight.mul_(3.0)
-    model.before_step(0, 100, 10)
+    model.before_step(time.at(0))
     torch.testing.assert_close(model.prototypes.weight.norm(dim=1), torch.ones(3000))
     g = torch.Generator().manual_seed(0)
-    batch = _batch([torch.randn(4, 3, 16, 16, generator=g) for _ in range(2)])
+    views = [torch.randn(4, 3, 16, 16, generator=g) for _ in range(2)]
     used = []
     for step in range(3):
-        model.before_step(step, 100, 10)
-        out = model(batch)
+        model.before_step(time.at(step))
+        out = model(Batch(views, torch.arange(4), torch.zeros(4, dtype=torch.long), now=time.at(step)))
         used.append(out["queue_used"].item())
     assert used == [0.0, 0.0, 1.0] and int(model.queue_filled) == 8
     out["loss"].backward()
-    model.after_backward(step=2, steps_per_epoch=10)
+    model.after_backward(time.at(2))
     assert model.prototypes.weight.grad is None               # frozen in the first epoch
-    model.after_backward(step=12, steps_per_epoch=10)
+    out = model(Batch(views, torch.arange(4), torch.zeros(4, dtype=torch.long), now=time.at(12)))
+    out["loss"].backward()
+    model.after_backward(time.at(12))                         # epoch 1: they learn
+    assert model.prototypes.weight.grad is not None
+

@@ -105,17 +105,24 @@ def test_lars_param_groups_have_their_own_lr():
 
 
 def test_build_optimizer_settings():
+    from .test_config import compose_cfg
     p = [torch.nn.Parameter(torch.ones(2))]
-    sgd = build_optimizer(p, "sgd", 0.6, 1e-6, momentum=0.9, nesterov=True)
+    sgd = build_optimizer(p, compose_cfg(overrides=["optimizer=sgd"]).optimizer, 0.6)
     assert isinstance(sgd, torch.optim.SGD)
     gr = sgd.param_groups[0]
     assert (gr["lr"], gr["weight_decay"], gr["momentum"], gr["nesterov"]) == (0.6, 1e-6, 0.9, True)
-    lars = build_optimizer(p, "lars", 8.0, 1e-4, trust_coefficient=0.001)
+    lars = build_optimizer(p, compose_cfg(overrides=["optimizer=lars"]).optimizer, 8.0)
     assert isinstance(lars, LARS) and lars.param_groups[0]["trust_coefficient"] == 0.001
-    adamw = build_optimizer(p, "adamw", 1e-3, 0.05, betas=(0.9, 0.95))
+    assert lars.param_groups[0]["variant"] == "sogclr"
+    solo = build_optimizer(p, compose_cfg(overrides=["optimizer=lars_solo"]).optimizer, 0.3)
+    assert (solo.param_groups[0]["variant"], solo.param_groups[0]["trust_coefficient"],
+            solo.param_groups[0]["clip_lr"]) == ("solo", 0.02, True)
+    o = compose_cfg(overrides=["optimizer=adamw", "optimizer.betas=[0.9,0.95]"]).optimizer
+    adamw = build_optimizer(p, o, 1e-3)
     assert isinstance(adamw, torch.optim.AdamW) and adamw.param_groups[0]["betas"] == (0.9, 0.95)
+    o.name = "adam"
     with pytest.raises(ValueError, match="unknown optimizer"):
-        build_optimizer(p, "adam", 1.0, 0.0)
+        build_optimizer(p, o, 1.0)
 
 
 def test_scaled_lr_rules():

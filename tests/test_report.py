@@ -1,6 +1,7 @@
 """sslcifar.report on real run directories: a small sweep with finished jobs, a job that
 failed on an invalid override, a run stopped part-way (max_steps), and a linear evaluation
-written into a job's folder. No SLURM needed (tests/test_slurm.py covers requeues)."""
+written into a job's folder; statuses from the events a run writes (sslcifar.events). No
+SLURM needed (tests/test_slurm.py covers requeues)."""
 import csv
 import json
 import subprocess
@@ -97,19 +98,47 @@ def test_linear_eval_inside_a_job_folder_joins_its_row(sweep, tmp_path):
     assert rows[0]["job"].startswith(f"{sweep.name}/0_") and len(rows) == 10
 
 
-def test_status_from_log_and_stderr_lines():
-    stop = "[2026-01-01 10:00:05,000][sslcifar][WARNING] - signal 12 received at step 37: saving"
-    resume = ("[2026-01-01 10:00:35,000][sslcifar][INFO] - resumed from /x/checkpoints/last.pt "
-              "at step 37 (epoch 1) after SLURM requeue #1")
-    assert _status([stop], [], False, False) == "requeued at step 37"
-    assert _status([stop, resume], [], False, False) == "running (resumed at step 37)"
-    assert _status([stop, resume], [], True, True) == "finished"
+def _events(*items):
+    """[(time, event, fields), ...] -> events as sslcifar.events writes them."""
+    return [{"event": kind, "time": t, **fields} for t, kind, fields in items]
+
+
+def test_status_and_wall_time_from_events():
+    started = (0.0, "started", {"step": 0, "restart": 0})
+    epoch = (4.0, "epoch_end", {"epoch": 0, "step": 32})
+    stop = (5.0, "stopped", {"step": 37, "reason": "signal", "signal": "SIGUSR2"})
+    resume = (35.0, "resumed", {"step": 37, "restart": 1, "checkpoint": "/x/last.pt"})
+    last = (45.5, "epoch_end", {"epoch": 3, "step": 128})
+    assert _status(_events(started, epoch), [], False, False) == "running"
+    assert _status(_events(started, stop), [], False, False) == "requeued at step 37"
+    assert _status(_events(started, stop, resume), [], False, False) == "running (resumed at step 37)"
+    assert _status(_events(started, stop, resume), [], True, True) == "finished"
     assert _status([], ["ValueError: bad"], False, True) == "failed: ValueError: bad"
-    assert _status(["[t] epoch 0 step 8 | loss=1"], [], False, True) == "stopped at step 8"
+    assert _status(_events(started, epoch), [], False, True) == "stopped at step 32"
+    assert _status(_events(started, (6.0, "stopped", {"step": 40, "reason": "max_steps"})), [],
+                   False, True) == "stopped at step 40"
+    failed = (6.0, "failed", {"step": 40, "error": "error: loss is nan at epoch 1 step 40: ..."})
+    assert _status(_events(started, failed), [], False, False) == \
+        "failed: error: loss is nan at epoch 1 step 40: ..."
     # the wait between the stop and the resume is not counted
-    first = "[2026-01-01 10:00:00,000][sslcifar][INFO] - simclr | resnet18"
-    last = "[2026-01-01 10:00:45,500][sslcifar][INFO] - epoch 3 step 128 | loss=2.9"
-    assert _wall_time([first, stop, resume, last]) == pytest.approx(5 + 10.5)
+    assert _wall_time(_events(started, stop, resume, last)) == pytest.approx(5 + 10.5)
+    assert _wall_time([]) is None
+
+
+def test_a_reworded_log_line_changes_nothing(tmp_path):
+    """The report reads events.jsonl, not the log: a job whose log says nothing it knows
+    still shows its requeue, restarts and wall time."""
+    job = tmp_path / "sweep" / "0_x"
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text("- loss.temperature=0.5\n")
+    (job / "simclr.log").write_text("[2026-01-01 10:00:05,000][sslcifar][WARNING] - stopping now\n")
+    (job / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in _events(
+        (0.0, "started", {"step": 0, "restart": 0}),
+        (5.0, "stopped", {"step": 37, "reason": "signal", "signal": "SIGUSR2"}),
+        (30.0, "resumed", {"step": 37, "restart": 1}),
+        (32.0, "stopped", {"step": 40, "reason": "signal", "signal": "SIGTERM"}))) + "{cut")
+    row = job_row(job)
+    assert (row["status"], row["restarts"], row["wall_s"]) == ("requeued at step 40", 1, 7.0)
 
 
 def test_requeue_and_preemption_are_not_failures():

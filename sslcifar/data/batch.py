@@ -4,6 +4,8 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
+from ..schedule import Now
+
 Params = Dict[str, torch.Tensor]
 
 
@@ -23,6 +25,8 @@ class Batch:
             in their float factors; None when the pipeline cannot.
     nuisance: which parameters a view is differentiable in, and fresh draws of them (the
             invariance gradient penalty); None when the pipeline cannot.
+    now:    the step it is trained at, its epoch and the method's scheduled values
+            (`sslcifar.schedule.Now`), set by the loop just before the forward.
     """
     views: List[torch.Tensor]
     index: torch.Tensor
@@ -30,6 +34,7 @@ class Batch:
     params: List[Params] = field(default_factory=list)
     replay: Optional[Callable[[int, Params], torch.Tensor]] = None
     nuisance: Optional["Nuisance"] = None
+    now: Now = field(default_factory=Now)
 
     def __len__(self) -> int:
         return self.index.shape[0]

@@ -14,7 +14,7 @@ batch with indices that are already on the host and copied asynchronously, so
 no step waits for the GPU (`dataset.placement`).
 """
 import logging
-from typing import List, Optional
+from typing import Optional
 
 import torch
 

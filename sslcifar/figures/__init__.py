@@ -15,7 +15,7 @@ The training loop can call `tsne_png(features, labels, path, classes)` and
 import logging
 import math
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 

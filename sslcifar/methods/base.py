@@ -14,18 +14,22 @@ A method is one `nn.Module` subclass of `Method` in one file of this package:
         def from_config(cls, cfg, num_train, num_classes): ...
         def forward(self, batch) -> dict: ...   # {"loss": scalar, "features": [B, F], ...}
 
-The loop calls, per optimizer step:
-    before_step(step, total_steps, steps_per_epoch)   schedules (EMA momentum, temperatures)
-    forward(batch)                                     the loss (under autocast)
-    after_backward(step, steps_per_epoch)              gradient clipping, frozen layers
-    after_step(step, total_steps)                      target networks' EMA
-and once, `param_groups()` for the optimizer. State that training changes besides the
-weights (EMA encoders, queues, centres) lives in buffers and sub-modules, so checkpoints
-and exact resume cover it. Config rules that involve the method are its own
-`check_config` / `check_data`.
+The loop owns time. Before the first step it asks the method for its per-step arrays,
+`schedules(cfg, total_steps, steps_per_epoch) -> {name: [total_steps] tensor}` (an EMA
+momentum under the name "momentum", a teacher temperature, a frozen layer's flag), and
+hands it each step's values as a `sslcifar.schedule.Now` (`now.step`, `now.epoch`,
+`now["teacher_temp"]`): to the hooks, and to `forward` as `batch.now`. Per optimizer step:
+    before_step(now)        before the forward (SwAV: prototypes back to unit length)
+    forward(batch)          the loss (under autocast)
+    after_backward(now)     gradient clipping, frozen layers (gradients unscaled)
+and the loop's one EMA update of the pairs in `momentum_pairs()` with now["momentum"],
+before the forward or after the optimizer step (`ema_timing`). Once, `param_groups()` for
+the optimizer. State that training changes besides the weights (EMA encoders, queues,
+centres) lives in buffers and sub-modules, so checkpoints and exact resume cover it.
+Config rules that involve the method are its own `check_config` / `check_data`.
 """
 from dataclasses import dataclass
-from typing import ClassVar, Dict, List, Optional, Type
+from typing import ClassVar, Dict, List, Optional, Tuple, Type
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +38,7 @@ from torch import nn
 
 from ..errors import UserError
 from ..models import build_backbone, projection_mlp
+from ..schedule import Now
 
 METHODS: Dict[str, Type["Method"]] = {}
 
@@ -91,7 +96,11 @@ class Method(nn.Module):
     needs_labels: ClassVar[bool] = False      # every training image must have a label
     views: ClassVar[tuple] = (2, 2)           # (fewest, most) views per image; None = any
     same_size_views: ClassVar[bool] = True    # all views at one size (no multi-crop)
+    needs_replay: ClassVar[bool] = False      # re-makes views from their parameters (batch.replay)
     min_batch: ClassVar[tuple] = (2, " for a contrastive loss")   # smallest batch, and why
+    # when the loop updates the targets of momentum_pairs(): before the forward (the keys of
+    # this step come from the updated encoder: MoCo) or after the optimizer step (BYOL, DINO)
+    ema_timing: ClassVar[str] = "after_step"
 
     backbone: nn.Module                       # the encoder that evaluation keeps
 
@@ -162,14 +171,22 @@ class Method(nn.Module):
         Default: every trainable parameter in one group."""
         return [{"params": [p for p in self.parameters() if p.requires_grad]}]
 
-    def before_step(self, step: int, total_steps: int, steps_per_epoch: int) -> None:
-        """Called before each forward with the step about to be taken (0-based)."""
+    @classmethod
+    def schedules(cls, cfg, total_steps: int, steps_per_epoch: int) -> Dict[str, torch.Tensor]:
+        """This method's per-step arrays, each [total_steps] (sslcifar.schedule builds them);
+        "momentum" is the EMA momentum of momentum_pairs(). Default: none."""
+        return {}
 
-    def after_backward(self, step: int, steps_per_epoch: int) -> None:
+    def momentum_pairs(self) -> List[Tuple[nn.Module, nn.Module]]:
+        """(online, target) modules: the loop moves each target towards its online module
+        by the EMA (sslcifar.methods.ema.update_targets). Default: none."""
+        return []
+
+    def before_step(self, now: Now) -> None:
+        """Called before each forward with the step about to be taken."""
+
+    def after_backward(self, now: Now) -> None:
         """Called after backward, before the optimizer step (gradients are unscaled)."""
-
-    def after_step(self, step: int, total_steps: int) -> None:
-        """Called after the optimizer step `step` (0-based): target networks' EMA."""
 
     @staticmethod
     def collapse_std(z: torch.Tensor) -> torch.Tensor:

@@ -9,27 +9,18 @@ from omegaconf import MISSING
 from ..distributed import gather, gather_with_grad
 from ..losses import byol
 from ..models import projection_mlp
-from ..schedule import cosine_momentum
-from .base import LossConfig, Method, ProjectorConfig, register, require
-from .ema import ema_update, frozen_copy
+from .base import LossConfig, Method, ProjectorConfig, register
+from .ema import CosineMomentumConfig, check_momentum_order, cosine_momentum, frozen_copy
 
 
 @dataclass
-class BYOLConfig(ProjectorConfig):
+class BYOLConfig(ProjectorConfig, CosineMomentumConfig):
     pred_hidden_dim: int = MISSING        # the predictor: proj_out_dim -> this -> proj_out_dim
-    base_momentum: float = MISSING        # tau at step 0 (0.99 in solo-learn's CIFAR recipe)
-    final_momentum: float = MISSING       # tau at the last step (1)
 
 
 @dataclass
 class BYOLLossConfig(LossConfig):
     pass
-
-
-def check_momentum(cfg) -> None:
-    m = cfg.method
-    require(0 <= m.base_momentum <= m.final_momentum <= 1, "method.base_momentum",
-            m.base_momentum, f"needs 0 <= base_momentum <= final_momentum ({m.final_momentum}) <= 1")
 
 
 @register
@@ -39,12 +30,11 @@ class BYOL(Method):
     Config = BYOLConfig
     Loss = BYOLLossConfig
 
-    def __init__(self, backbone, projector, predictor, base_momentum: float, final_momentum: float):
+    def __init__(self, backbone, projector, predictor):
         super().__init__()
         self.backbone, self.projector, self.predictor = backbone, projector, predictor
         self.backbone_t = frozen_copy(backbone)           # the target: EMA of the online net
         self.projector_t = frozen_copy(projector)
-        self.base_momentum, self.final_momentum = base_momentum, final_momentum
 
     @classmethod
     def from_config(cls, cfg, num_train: int, num_classes: int) -> "BYOL":
@@ -52,18 +42,20 @@ class BYOL(Method):
         backbone = cls.make_backbone(cfg)
         projector = cls.make_projector(backbone.num_features, m)
         predictor = projection_mlp(m.proj_out_dim, m.pred_hidden_dim, m.proj_out_dim, 2)
-        return cls(backbone, projector, predictor, m.base_momentum, m.final_momentum)
+        return cls(backbone, projector, predictor)
 
     @classmethod
     def check_config(cls, cfg, view_sizes) -> None:
         super().check_config(cfg, view_sizes)
-        check_momentum(cfg)
+        check_momentum_order(cfg)
 
-    def after_step(self, step: int, total_steps: int) -> None:
-        # after the online step, as BYOL and solo-learn (tau of this step, cosine to 1)
-        tau = cosine_momentum(step, total_steps, self.base_momentum, self.final_momentum)
-        ema_update(self.backbone_t, self.backbone, tau)
-        ema_update(self.projector_t, self.projector, tau)
+    @classmethod
+    def schedules(cls, cfg, total_steps, steps_per_epoch):
+        return {"momentum": cosine_momentum(cfg, total_steps)}
+
+    def momentum_pairs(self):
+        # after the online step (ema_timing), as BYOL and solo-learn: tau of this step
+        return [(self.backbone, self.backbone_t), (self.projector, self.projector_t)]
 
     def forward(self, batch) -> dict:
         b = batch.views[0].shape[0]

@@ -10,10 +10,9 @@ from torch import nn
 
 from ..distributed import gather, gather_with_grad
 from ..losses import DINOLoss
-from ..schedule import cosine_momentum
+from ..schedule import cosine_scheduler, per_epoch
 from .base import LossConfig, Method, MethodConfig, register, require
-from .byol import check_momentum
-from .ema import ema_update, frozen_copy
+from .ema import CosineMomentumConfig, check_momentum_order, cosine_momentum, frozen_copy
 
 
 class NormalizedLinear(nn.Module):
@@ -55,15 +54,13 @@ class DINOHead(nn.Module):
 
 
 @dataclass
-class DINOConfig(MethodConfig):
+class DINOConfig(MethodConfig, CosineMomentumConfig):
     hidden_dim: int = MISSING             # head MLP width (2048)
     bottleneck_dim: int = MISSING         # before the last layer (256)
     num_prototypes: int = MISSING         # K, the output dimension
     head_layers: int = MISSING            # linear layers before the last one (3)
     use_bn: bool = MISSING                # BatchNorm in the head MLP (DINO: false)
     norm_last_layer: bool = MISSING       # fix the prototypes' norm (weight_g = 1)
-    base_momentum: float = MISSING        # teacher EMA: cosine from this to final_momentum
-    final_momentum: float = MISSING
     freeze_last_layer_epochs: float = MISSING   # no update of the last layer for this long
     clip_grad: float = MISSING            # per-parameter gradient norm clip (0: off)
 
@@ -86,16 +83,12 @@ class DINO(Method):
     views = (2, None)
     same_size_views = False
 
-    def __init__(self, backbone, head, criterion, cfg_method, cfg_loss):
+    def __init__(self, backbone, head, criterion, clip_grad: float):
         super().__init__()
         self.backbone, self.head = backbone, head
         self.backbone_t, self.head_t = frozen_copy(backbone), frozen_copy(head)   # the teacher
         self.criterion = criterion            # holds the centre [1, K]
-        m, lc = cfg_method, cfg_loss
-        self.base_momentum, self.final_momentum = m.base_momentum, m.final_momentum
-        self.freeze_last_layer_epochs, self.clip_grad = m.freeze_last_layer_epochs, m.clip_grad
-        self.temps = (lc.warmup_teacher_temp, lc.teacher_temp, lc.warmup_teacher_temp_epochs)
-        self.teacher_temp = lc.teacher_temp
+        self.clip_grad = clip_grad
 
     @classmethod
     def from_config(cls, cfg, num_train: int, num_classes: int) -> "DINO":
@@ -104,12 +97,27 @@ class DINO(Method):
         head = DINOHead(backbone.num_features, m.hidden_dim, m.bottleneck_dim, m.num_prototypes,
                         m.head_layers, m.use_bn, m.norm_last_layer)
         criterion = DINOLoss(m.num_prototypes, 2, lc.student_temp, lc.center_momentum)
-        return cls(backbone, head, criterion, m, lc)
+        return cls(backbone, head, criterion, m.clip_grad)
+
+    @classmethod
+    def schedules(cls, cfg, total_steps, steps_per_epoch):
+        lc, epochs = cfg.loss, total_steps // steps_per_epoch
+        # the teacher temperature: a linear warm-up per epoch from warmup_teacher_temp, then
+        # teacher_temp (DINO's teacher_temp_schedule, indexed by epoch)
+        temp = cosine_scheduler(lc.teacher_temp, lc.teacher_temp, epochs,
+                                lc.warmup_teacher_temp_epochs, warmup_start=lc.warmup_teacher_temp)
+        frozen = torch.arange(total_steps) < cfg.method.freeze_last_layer_epochs * steps_per_epoch
+        return {"momentum": cosine_momentum(cfg, total_steps),
+                "teacher_temp": per_epoch(temp, steps_per_epoch),
+                "last_layer_frozen": frozen.double()}
+
+    def momentum_pairs(self):
+        return [(self.backbone, self.backbone_t), (self.head, self.head_t)]
 
     @classmethod
     def check_config(cls, cfg, view_sizes) -> None:
         super().check_config(cfg, view_sizes)
-        check_momentum(cfg)
+        check_momentum_order(cfg)
         require(view_sizes[0] == view_sizes[1], "augment.groups", "views 1 and 2",
                 "DINO's teacher sees the first two views, the global crops: give them one size")
         lc = cfg.loss
@@ -118,27 +126,15 @@ class DINO(Method):
         require(0 <= lc.center_momentum < 1, "loss.center_momentum", lc.center_momentum,
                 "needs 0 <= m < 1")
 
-    def before_step(self, step: int, total_steps: int, steps_per_epoch: int) -> None:
-        # the teacher temperature: linear warm-up per epoch, then constant (DINO's schedule)
-        warm, final, epochs = self.temps
-        epoch = step // steps_per_epoch
-        self.teacher_temp = (warm + (final - warm) * epoch / max(epochs - 1, 1)
-                             if epoch < epochs else final)
-
-    def after_backward(self, step: int, steps_per_epoch: int) -> None:
+    def after_backward(self, now) -> None:
         if self.clip_grad > 0:              # DINO's clip_gradients: each parameter on its own
             for p in self.parameters():
                 if p.grad is not None:
                     norm = p.grad.norm()
                     p.grad.mul_(torch.clamp(self.clip_grad / (norm + 1e-6), max=1.0))
-        if step < self.freeze_last_layer_epochs * steps_per_epoch:
+        if now["last_layer_frozen"]:
             for p in self.head.last_layer.parameters():     # as cancel_gradients_last_layer
                 p.grad = None
-
-    def after_step(self, step: int, total_steps: int) -> None:
-        tau = cosine_momentum(step, total_steps, self.base_momentum, self.final_momentum)
-        ema_update(self.backbone_t, self.backbone, tau)
-        ema_update(self.head_t, self.head, tau)
 
     def forward(self, batch) -> dict:
         views = batch.views
@@ -152,6 +148,7 @@ class DINO(Method):
         student = student.transpose(0, 1).flatten(0, 1)           # [V*N, K]
         teacher = gather(teacher.view(2, b, -1).transpose(0, 1).contiguous())
         teacher = teacher.transpose(0, 1).flatten(0, 1)           # [2N, K]
-        loss = self.criterion(student, teacher, self.teacher_temp)
+        temp = batch.now["teacher_temp"]
+        loss = self.criterion(student, teacher, temp)
         return {"loss": loss, "features": h[:b].detach(), "z_std": self.collapse_std(student[:b]),
-                "teacher_temp": torch.tensor(self.teacher_temp, device=h.device)}
+                "teacher_temp": torch.tensor(temp, device=h.device)}

@@ -1,9 +1,20 @@
 """Target networks that follow the online network as an exponential moving average
-(MoCo's key encoder, BYOL's target, MoCo v3's momentum encoder, DINO's teacher)."""
+(MoCo's key encoder, BYOL's target, MoCo v3's momentum encoder, DINO's teacher).
+
+A method lists its (online, target) pairs in `momentum_pairs()` and its momentum in
+`schedules()["momentum"]`; the training loop runs the one update, `update_targets`,
+before the forward (`ema_timing = "before_forward"`: MoCo v2, MoCo v3, whose keys come from
+the encoder updated at this step) or after the optimizer step (`"after_step"`: BYOL, DINO).
+"""
 import copy
+from dataclasses import dataclass
 
 import torch
+from omegaconf import MISSING
 from torch import nn
+
+from ..schedule import cosine_scheduler
+from .base import require
 
 
 def frozen_copy(module: nn.Module) -> nn.Module:
@@ -20,3 +31,33 @@ def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
     keeps its own running statistics (it runs in train mode on its own batches), as MoCo,
     BYOL and solo-learn do."""
     torch._foreach_lerp_(list(target.parameters()), list(online.parameters()), 1.0 - momentum)
+
+
+def update_targets(method, momentum: float) -> None:
+    """The loop's one EMA step: every (online, target) pair of the method."""
+    for online, target in method.momentum_pairs():
+        ema_update(target, online, momentum)
+
+
+@dataclass
+class CosineMomentumConfig:
+    """The EMA momentum on BYOL's cosine, base_momentum at step 0 rising to final_momentum
+    (BYOL, MoCo v3, DINO)."""
+    base_momentum: float = MISSING        # tau at step 0 (0.99 in solo-learn's CIFAR recipes)
+    final_momentum: float = MISSING       # tau at the step after the last (1)
+
+
+def cosine_momentum(cfg, total_steps: int) -> torch.Tensor:
+    """[total_steps] EMA momentum of cfg.method (a CosineMomentumConfig): BYOL's schedule
+    (Grill et al. 2020, sec. 3.2; solo-learn's and DINO's cosine_scheduler),
+        tau_s = final - (final - base) * (cos(pi * s / total) + 1) / 2,
+    base at step 0, final one step after the last."""
+    m = cfg.method
+    return cosine_scheduler(m.base_momentum, m.final_momentum, total_steps + 1)[:total_steps]
+
+
+def check_momentum_order(cfg) -> None:
+    """0 <= base_momentum <= final_momentum <= 1."""
+    m = cfg.method
+    require(0 <= m.base_momentum <= m.final_momentum <= 1, "method.base_momentum",
+            m.base_momentum, f"needs 0 <= base_momentum <= final_momentum ({m.final_momentum}) <= 1")

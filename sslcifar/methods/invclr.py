@@ -32,13 +32,13 @@ class InvCLR(SimCLR):
     Loss = NTXentConfig
     views = (2, 2)
     same_size_views = True
+    needs_replay = True
 
     def __init__(self, backbone, projector, temperature: float, cfg_method):
         super().__init__(backbone, projector, temperature, use_labels=False)
         m = cfg_method
         self.gp_weight, self.gp_upper_limit = m.gp_weight, m.gp_upper_limit
         self.gp_samples, self.gp_normalize = m.gp_samples, m.gp_normalize
-        self.step = 0
 
     @classmethod
     def from_config(cls, cfg, num_train: int, num_classes: int) -> "InvCLR":
@@ -54,13 +54,8 @@ class InvCLR(SimCLR):
         require(m.gp_samples >= 1, "method.gp_samples", m.gp_samples, "needs >= 1")
         require(m.gp_upper_limit > 0, "method.gp_upper_limit", m.gp_upper_limit, "needs > 0")
         if cfg.dataset.name != "spirograph":
-            require(cfg.dataset.pipeline != "torchvision", "dataset.pipeline", cfg.dataset.pipeline,
-                    "method=invclr re-makes view 1 from its parameters: use auto, device or stream")
             require(cfg.augment.jitter_p > 0, "augment.jitter_p", cfg.augment.jitter_p,
                     "method=invclr penalises the colour jitter's factors: needs > 0")
-
-    def before_step(self, step: int, total_steps: int, steps_per_epoch: int) -> None:
-        self.step = step            # the penalty's random signs and draws follow the step
 
     def forward(self, batch) -> dict:
         if batch.replay is None or batch.nuisance is None:
@@ -80,7 +75,7 @@ class InvCLR(SimCLR):
         if self.gp_weight > 0:
             # the signs and the fresh draws from the step's own stream (exact resume), drawn
             # for the global batch and sliced: 2 processes draw what 1 process would
-            g = torch.Generator(device=h.device).manual_seed(10_007 * self.step + 1)
+            g = torch.Generator(device=h.device).manual_seed(10_007 * batch.now.step + 1)
             n, r = b * dist.world_size(), dist.rank()
             mine = slice(r * b, (r + 1) * b)
             extra = batch.nuisance.draw(0, self.gp_samples, n, g)[:, mine].to(theta.dtype)

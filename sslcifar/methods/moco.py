@@ -11,7 +11,7 @@ from .. import distributed as dist
 from ..losses import moco_infonce
 from ..models import split_batchnorm
 from .base import Method, ProjectorConfig, TemperatureConfig, register, require
-from .ema import ema_update, frozen_copy
+from .ema import frozen_copy
 
 
 @dataclass
@@ -35,15 +35,17 @@ class MoCo(Method):
     loss_name = "moco_infonce"
     Config = MoCoConfig
     Loss = MoCoInfoNCEConfig
+    # as MoCo's builder: the key encoder's momentum update, then the keys, at each step
+    ema_timing = "before_forward"
 
     def __init__(self, backbone: nn.Module, projector: nn.Module, queue_size: int,
-                 momentum: float, temperature: float, symmetric: bool, shuffle_bn: bool):
+                 temperature: float, symmetric: bool, shuffle_bn: bool):
         super().__init__()
         self.backbone = backbone                     # query encoder = backbone + projector
         self.projector = projector
         self.backbone_k = frozen_copy(backbone)      # key encoder: starts as a copy, never trained
         self.projector_k = frozen_copy(projector)
-        self.K, self.m, self.T = queue_size, momentum, temperature
+        self.K, self.T = queue_size, temperature
         self.symmetric, self.shuffle_bn = symmetric, shuffle_bn
         dim = projector[-1].out_features
         queue = nn.functional.normalize(torch.randn(queue_size, dim), dim=1)
@@ -57,8 +59,18 @@ class MoCo(Method):
         projector = cls.make_projector(backbone.num_features, m)
         if m.bn_splits > 1:
             split_batchnorm(backbone, m.bn_splits)      # before MoCo copies it for the keys
-        return cls(backbone, projector, m.queue_size, m.momentum, cfg.loss.temperature,
-                   m.symmetric, m.shuffle_bn)
+        return cls(backbone, projector, m.queue_size, cfg.loss.temperature, m.symmetric,
+                   m.shuffle_bn)
+
+    @classmethod
+    def schedules(cls, cfg, total_steps, steps_per_epoch):
+        # a constant m: theta_k <- m * theta_k + (1 - m) * theta_q (the key BN keeps its own
+        # running statistics)
+        return {"momentum": torch.full((total_steps,), float(cfg.method.momentum),
+                                       dtype=torch.float64)}
+
+    def momentum_pairs(self):
+        return [(self.backbone, self.backbone_k), (self.projector, self.projector_k)]
 
     @classmethod
     def check_config(cls, cfg, view_sizes) -> None:
@@ -77,12 +89,6 @@ class MoCo(Method):
         require(per_process % cfg.method.bn_splits == 0, "method.bn_splits", cfg.method.bn_splits,
                 f"must divide the batch of each process ({per_process}); use a divisor of it, "
                 f"or 1 for plain BatchNorm")
-
-    @torch.no_grad()
-    def _momentum_update_key_encoder(self):
-        """theta_k <- m * theta_k + (1 - m) * theta_q (the key BN keeps its own running stats)."""
-        for q, k in ((self.backbone, self.backbone_k), (self.projector, self.projector_k)):
-            ema_update(k, q, self.m)
 
     @torch.no_grad()
     def _dequeue_and_enqueue(self, keys: torch.Tensor):
@@ -120,16 +126,18 @@ class MoCo(Method):
         x1, x2 = batch.views
         h1 = self.backbone(x1)
         q1 = nn.functional.normalize(self.projector(h1), dim=1)      # queries: [N, D]
-        self._momentum_update_key_encoder()
-        k2 = self._keys(x2)                                           # keys: [N, D]
-        # the loss uses the queue as it was before this batch's keys are enqueued
-        loss = moco_infonce(q1, k2, self.queue.clone(), self.T)
+        k2 = self._keys(x2)               # keys: [N, D], by the encoder the loop just updated
+        # the loss uses the queue as it was before this batch's keys are enqueued, over the
+        # global batch (the mean over every rank's queries, as DDP's gradient average of
+        # MoCo's per-GPU losses; the logged value is then the global one too)
+        loss = moco_infonce(dist.gather_with_grad(q1), dist.gather(k2), self.queue.clone(), self.T)
         keys = k2
         if self.symmetric:
             q2 = nn.functional.normalize(self.projector(self.backbone(x2)), dim=1)
             k1 = self._keys(x1)
             # the sum, as the MoCo CIFAR-10 demo (`loss_12 + loss_21`), not the mean
-            loss = loss + moco_infonce(q2, k1, self.queue.clone(), self.T)
+            loss = loss + moco_infonce(dist.gather_with_grad(q2), dist.gather(k1),
+                                       self.queue.clone(), self.T)
             keys = torch.cat([k1, k2])
         self._dequeue_and_enqueue(keys)
         return {"loss": loss, "features": h1.detach(), "z_std": self.collapse_std(q1)}

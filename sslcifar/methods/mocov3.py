@@ -4,19 +4,18 @@ and scaled by 2T, as the MoCo v3 code."""
 from dataclasses import dataclass
 
 import torch
+from omegaconf import MISSING
 
 from ..distributed import gather, gather_with_grad
 from ..losses import mocov3_infonce
 from ..models import projection_mlp
-from ..schedule import cosine_momentum
-from .base import Method, TemperatureConfig, register
-from .byol import BYOLConfig, check_momentum
-from .ema import ema_update, frozen_copy
+from .base import Method, ProjectorConfig, TemperatureConfig, register
+from .ema import CosineMomentumConfig, check_momentum_order, cosine_momentum, frozen_copy
 
 
 @dataclass
-class MoCoV3Config(BYOLConfig):
-    pass
+class MoCoV3Config(ProjectorConfig, CosineMomentumConfig):
+    pred_hidden_dim: int = MISSING        # the predictor: proj_out_dim -> this -> proj_out_dim
 
 
 @dataclass
@@ -30,16 +29,15 @@ class MoCoV3(Method):
     loss_name = "mocov3_infonce"
     Config = MoCoV3Config
     Loss = MoCoV3LossConfig
+    # as MoCo v3's builder: the momentum update, then the keys, at each step
+    ema_timing = "before_forward"
 
-    def __init__(self, backbone, projector, predictor, temperature: float,
-                 base_momentum: float, final_momentum: float):
+    def __init__(self, backbone, projector, predictor, temperature: float):
         super().__init__()
         self.backbone, self.projector, self.predictor = backbone, projector, predictor
         self.backbone_k = frozen_copy(backbone)           # the momentum encoder
         self.projector_k = frozen_copy(projector)
         self.T = temperature
-        self.base_momentum, self.final_momentum = base_momentum, final_momentum
-        self.m = base_momentum
 
     @classmethod
     def from_config(cls, cfg, num_train: int, num_classes: int) -> "MoCoV3":
@@ -49,25 +47,25 @@ class MoCoV3(Method):
         # MoCo v3's predictor: every Linear without bias, no BatchNorm after the last
         predictor = projection_mlp(m.proj_out_dim, m.pred_hidden_dim, m.proj_out_dim, 2,
                                    last_bias=False)
-        return cls(backbone, projector, predictor, cfg.loss.temperature, m.base_momentum,
-                   m.final_momentum)
+        return cls(backbone, projector, predictor, cfg.loss.temperature)
 
     @classmethod
     def check_config(cls, cfg, view_sizes) -> None:
         super().check_config(cfg, view_sizes)
-        check_momentum(cfg)
+        check_momentum_order(cfg)
 
-    def before_step(self, step: int, total_steps: int, steps_per_epoch: int) -> None:
-        self.m = cosine_momentum(step, total_steps, self.base_momentum, self.final_momentum)
+    @classmethod
+    def schedules(cls, cfg, total_steps, steps_per_epoch):
+        return {"momentum": cosine_momentum(cfg, total_steps)}
+
+    def momentum_pairs(self):
+        return [(self.backbone, self.backbone_k), (self.projector, self.projector_k)]
 
     def forward(self, batch) -> dict:
         b = batch.views[0].shape[0]
         h = self.encode(batch.views)
         q = self.predictor(self.projector(h))                     # [2B, D] queries
-        with torch.no_grad():
-            # as MoCo v3's builder: the momentum update, then the keys, inside the forward
-            ema_update(self.backbone_k, self.backbone, self.m)
-            ema_update(self.projector_k, self.projector, self.m)
+        with torch.no_grad():       # the keys, by the encoder the loop has just updated
             k = self.projector_k(self.encode(batch.views, self.backbone_k))
         q1, q2 = gather_with_grad(q[:b]), gather_with_grad(q[b:])
         k1, k2 = gather(k[:b]), gather(k[b:])

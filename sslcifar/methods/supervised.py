@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..distributed import gather, gather_with_grad
 from ..features import extract
 from .base import LossConfig, Method, MethodConfig, register
 
@@ -42,9 +43,9 @@ class Supervised(Method):
     def forward(self, batch) -> dict:
         labels = batch.labels
         h = self.backbone(batch.views[0])
-        logits = self.classifier(h)
-        # DDP averages gradients over ranks: the mean over the local batch gives
-        # the gradient of the global-batch mean, no gather needed
+        # the mean over the global batch: DDP's average of per-rank means has the same
+        # gradient, and the logged loss and accuracy are then the global ones too
+        logits, labels = gather_with_grad(self.classifier(h)), gather(labels)
         loss = F.cross_entropy(logits, labels)
         top1 = (logits.argmax(1) == labels).float().mean()
         return {"loss": loss, "features": h.detach(), "train_top1": top1.detach(),

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from omegaconf import MISSING
 from torch import nn
 
-from ..distributed import gather, gather_with_grad
+from ..distributed import gather_with_grad
 from ..losses import swav_loss
 from .base import LossConfig, Method, ProjectorConfig, register, require
 
@@ -45,14 +45,11 @@ class SwAV(Method):
         dim = cfg_method.proj_out_dim
         self.prototypes = nn.Linear(dim, num_prototypes, bias=False)
         m, lc = cfg_method, cfg_loss
-        self.freeze_prototypes_epochs = m.freeze_prototypes_epochs
-        self.queue_start_epoch = m.queue_start_epoch
         self.loss_args = (lc.temperature, lc.epsilon, lc.sinkhorn_iterations)
         # the queue of earlier (global) batches' embeddings, per assignment crop, newest
         # first, and how many of its rows are filled: both saved, so resume continues it
         self.register_buffer("queue", torch.zeros(len(ASSIGN), m.queue_size, dim))
         self.register_buffer("queue_filled", torch.zeros((), dtype=torch.long))
-        self.epoch = 0
         self._filled = None       # queue_filled on the host (read once: no sync per step)
 
     @classmethod
@@ -71,15 +68,21 @@ class SwAV(Method):
                     cfg.method.queue_size, f"must be a multiple of batch_size ({cfg.batch_size})")
         require(cfg.loss.epsilon > 0, "loss.epsilon", cfg.loss.epsilon, "needs > 0")
 
+    @classmethod
+    def schedules(cls, cfg, total_steps, steps_per_epoch):
+        steps = torch.arange(total_steps)
+        m = cfg.method
+        return {"prototypes_frozen": (steps < m.freeze_prototypes_epochs * steps_per_epoch).double(),
+                "queue_on": (steps >= m.queue_start_epoch * steps_per_epoch).double()}
+
     @torch.no_grad()
-    def before_step(self, step: int, total_steps: int, steps_per_epoch: int) -> None:
+    def before_step(self, now) -> None:
         # the prototypes are unit vectors at every step (no gradient), as SwAV's loop
         w = self.prototypes.weight
         w.copy_(F.normalize(w, dim=1))
-        self.epoch = step // steps_per_epoch
 
-    def after_backward(self, step: int, steps_per_epoch: int) -> None:
-        if step < self.freeze_prototypes_epochs * steps_per_epoch:
+    def after_backward(self, now) -> None:
+        if now["prototypes_frozen"]:
             self.prototypes.weight.grad = None
 
     def forward(self, batch) -> dict:
@@ -100,7 +103,7 @@ class SwAV(Method):
             with torch.no_grad():
                 queue_scores = [self.prototypes(self.queue[i]) for i in range(len(ASSIGN))]
         loss = swav_loss(scores, v, ASSIGN, *self.loss_args, queue_scores=queue_scores)
-        if self.queue.shape[1] and self.epoch >= self.queue_start_epoch:
+        if self.queue.shape[1] and batch.now["queue_on"]:
             self._enqueue(z_all.detach(), n)
         return {"loss": loss, "features": h[:b].detach(), "z_std": self.collapse_std(z[:b]),
                 "queue_used": torch.tensor(float(using), device=h.device)}
