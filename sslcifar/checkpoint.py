@@ -13,7 +13,6 @@ import io
 import logging
 import os
 import pickle
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Tuple
@@ -86,14 +85,17 @@ def load(path: Path, map_location="cpu") -> dict:
         raise UserError(f"checkpoint {path} does not exist")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
+    except Exception as e:          # noqa: BLE001 -- damaged bytes raise many types
+        # RuntimeError, EOFError, BadZipFile, OSError, ValueError, UnpicklingError, and from
+        # the weights-only unpickler IndexError, KeyError, ...: for the user one of two problems
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"checkpoint {path} refused: it holds objects other than tensors and "
-                        f"plain data, and is loaded with weights_only=True ({first}). Fix: use a "
-                        f"checkpoint written by sslcifar or a plain state_dict") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"checkpoint {path} is truncated or corrupt ({first})") from None
+        if isinstance(e, pickle.UnpicklingError) and "Weights only load failed" in str(e):
+            raise UserError(f"checkpoint {path} refused: it holds objects other than tensors "
+                            f"and plain data, and is loaded with weights_only=True ({first}). "
+                            f"Fix: use a checkpoint written by sslcifar or a plain state_dict") from None
+        raise UserError(f"checkpoint {path} is truncated or corrupt ({type(e).__name__}: "
+                        f"{first[:200]}). Fix: use another checkpoint (prev.pt, epoch_N.pt) "
+                        f"or train again") from None
     if not isinstance(state, dict):
         raise UserError(f"checkpoint {path} holds a {type(state).__name__}, not a dict of state")
     return state

@@ -48,6 +48,7 @@ from .knn import r2_scores
 from .distributed import pick_device
 from .features import extract
 from .pretrained import load_encoder
+from .schedule import cosine_scheduler, per_epoch
 from .version import code_version
 
 log = logging.getLogger("sslcifar")
@@ -170,23 +171,25 @@ def random_resized_crop_flip(x: torch.Tensor, scale, generator: torch.Generator)
     return resized_crop(x, *box, s, "bilinear", flip=flip)
 
 
-def probe_lr(cfg, epoch: int, step: int, steps_per_epoch: int) -> float:
-    """The learning rate of the probe at (epoch, step): cfg.schedule per cfg.schedule_unit.
+def probe_lrs(cfg, steps_per_epoch: int) -> List[float]:
+    """The probe's learning rate at every step of the fit: cfg.schedule per cfg.schedule_unit.
 
     cosine, per step: ours, from lr to 0 at the last step; per epoch: the originals'
-    lr * (1 + cos(pi e / E)) / 2 (SogCLR's lincls.py). step: lr * lr_gamma^(milestones
+    lr * (1 + cos(pi e / E)) / 2 (SogCLR's lincls.py: never 0). step: lr * lr_gamma^(milestones
     passed), per epoch (SupContrast, MoCo, solo-learn). simclr_cifar10: simclr_lin.py's
     LambdaLR, lr * (1e-3 + (0.6 - 1e-3)(1 + cos(pi t / (1000 epochs))) / 2) per step (its
-    pretraining length and lr in the factor, as the script has it)."""
+    pretraining length and lr in the factor, as the script has it). The cosines are
+    sslcifar.schedule's, as every other schedule of the suite."""
+    epochs, total = cfg.epochs, cfg.epochs * steps_per_epoch
     if cfg.schedule == "step":
-        return cfg.lr * cfg.lr_gamma ** sum(epoch >= m for m in cfg.milestones)
+        lrs = torch.tensor([cfg.lr * cfg.lr_gamma ** sum(e >= m for m in cfg.milestones)
+                            for e in range(epochs)], dtype=torch.float64)
+        return per_epoch(lrs, steps_per_epoch).tolist()
     if cfg.schedule == "simclr_cifar10":
-        return cfg.lr * (1e-3 + (0.6 - 1e-3) * 0.5 * (1 + math.cos(math.pi * step / (1000 * steps_per_epoch))))
+        return (cfg.lr * cosine_scheduler(0.6, 1e-3, 1000 * steps_per_epoch + 1)[:total]).tolist()
     if cfg.schedule_unit == "epoch":
-        return cfg.lr * 0.5 * (1 + math.cos(math.pi * epoch / cfg.epochs))
-    total = cfg.epochs * steps_per_epoch
-    span = max(total - 1, 1)
-    return cfg.lr * 0.5 * (1 + math.cos(math.pi * step / span))
+        return per_epoch(cosine_scheduler(cfg.lr, 0.0, epochs + 1)[:epochs], steps_per_epoch).tolist()
+    return cosine_scheduler(cfg.lr, 0.0, total).tolist()
 
 
 def fit_sgd(backbone: nn.Module, source, index: torch.Tensor, labels: torch.Tensor,
@@ -206,7 +209,11 @@ def fit_sgd(backbone: nn.Module, source, index: torch.Tensor, labels: torch.Tens
     opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
                           weight_decay=cfg.weight_decay)
     n, bs = len(index), cfg.batch_size
-    steps_per_epoch = n // bs if cfg.drop_last else math.ceil(n / bs)
+    if cfg.drop_last and n < bs:
+        # fewer images than one batch: dropping the incomplete batch would leave nothing
+        log.warning("the protocol's batch of %d is larger than the %d training images: each "
+                    "epoch is one smaller batch of all of them", bs, n)
+    steps_per_epoch = max(n // bs, 1) if cfg.drop_last else math.ceil(n / bs)
     total = cfg.epochs * steps_per_epoch
     last = total if cfg.max_steps is None else min(cfg.max_steps, total)
     g = torch.Generator(device=device).manual_seed(cfg.seed)
@@ -215,6 +222,7 @@ def fit_sgd(backbone: nn.Module, source, index: torch.Tensor, labels: torch.Tens
     fill = -torch.tensor(d.mean) / torch.tensor(d.std)  # a black pixel, normalised
     every_epoch = cfg.report != "last"
     history, step = [], 0
+    lrs = probe_lrs(cfg, steps_per_epoch)
     for epoch in range(cfg.epochs):
         perm = torch.randperm(n, generator=g, device=device)
         backbone.train(cfg.finetune)            # frozen: eval mode (running BN statistics)
@@ -231,7 +239,7 @@ def fit_sgd(backbone: nn.Module, source, index: torch.Tensor, labels: torch.Tens
             with torch.set_grad_enabled(cfg.finetune):
                 f = backbone(x).float()
             loss = F.cross_entropy(clf(f), labels[sel])
-            lr = probe_lr(cfg, epoch, step, steps_per_epoch)
+            lr = lrs[step]
             for group in opt.param_groups:
                 group["lr"] = lr
             opt.zero_grad(set_to_none=True)
@@ -244,7 +252,7 @@ def fit_sgd(backbone: nn.Module, source, index: torch.Tensor, labels: torch.Tens
             if step == last:
                 break
         bar.close()
-        seen = (i + 1) * bs if cfg.drop_last else min((i + 1) * bs, n)
+        seen = min((i + 1) * bs, n)
         row = {"epoch": epoch, "train_loss": loss_sum.item() / seen}
         if test_logits is not None and (every_epoch or step == last or epoch == cfg.epochs - 1):
             backbone.eval()

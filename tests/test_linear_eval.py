@@ -355,9 +355,11 @@ def test_each_protocol_is_its_repositorys_evaluation(name, expected):
 
 
 def test_probe_schedules_are_the_originals_closed_forms():
-    def lr(protocol, epoch, step=0, steps_per_epoch=10, **over):
+    def lr(protocol, epoch, step=None, steps_per_epoch=10, **over):
         cfg = compose_eval([f"protocol={protocol}", *[f"{k}={v}" for k, v in over.items()]])
-        return le.probe_lr(cfg, epoch, step, steps_per_epoch)
+        lrs = le.probe_lrs(cfg, steps_per_epoch)
+        assert len(lrs) == cfg.epochs * steps_per_epoch
+        return lrs[epoch * steps_per_epoch if step is None else step]
     # SupContrast: x0.2 after 60, 75, 90 (its 1-based epochs 61, 76, 91)
     assert [lr("supcontrast", e) for e in (0, 59, 60, 75, 90, 99)] == \
         pytest.approx([0.1, 0.1, 0.02, 0.004, 0.0008, 0.0008])
@@ -469,3 +471,16 @@ def test_measured_invariance_is_zero_for_an_encoder_blind_to_the_nuisance():
             p.zero_()
     assert measure_invariance(blind, src, num_images=16, samples=8, batch_size=8) == 0.0
     assert not net.training                                  # left in the mode it found it
+
+
+@pytest.mark.slow
+def test_a_protocol_whose_batch_exceeds_the_data_trains_on_one_smaller_batch(cifar_root, tmp_path):
+    """protocol=simclr_cifar10 (batch 512, drop_last) on 256 images: one batch of 256 per
+    epoch, saying so (before: UnboundLocalError in fit_sgd)."""
+    proc = run("linear_eval.py", *EVAL, "pretrained=random", f"dataset.root={cifar_root}",
+               "dataset.subset=256", "protocol=simclr_cifar10", "epochs=2",
+               f"hydra.run.dir={tmp_path}")
+    result = json.loads((tmp_path / "linear_eval.json").read_text())
+    assert result["steps"] == 2 and len(result["history"]) == 2
+    assert "larger than the 256 training images" in proc.stderr + proc.stdout
+    assert proc.stdout.strip().splitlines()[-1].startswith("linear_eval: top1=")
