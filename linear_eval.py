@@ -8,21 +8,7 @@
 Outputs go to Hydra's run directory (outputs/linear_eval/<date>_<time>/):
 linear_eval.json and confusion_matrix.png.
 """
-import hydra
-
-from sslcifar.cli import check_overrides, report_user_errors
-from sslcifar.eval_config import register_eval_configs
-from sslcifar.linear_eval import linear_eval
-
-register_eval_configs()
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="linear_eval")
-@report_user_errors
-def main(cfg):
-    return linear_eval(cfg)
-
+from sslcifar.cli import evaluate
 
 if __name__ == "__main__":
-    check_overrides("linear_eval")
-    main()
+    evaluate("linear_eval")

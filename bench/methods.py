@@ -5,6 +5,8 @@
     python bench/methods.py --data-root DIR --methods dino_fast \
         --variant dino_fast=dino:method.base_momentum=0.99          # a recipe changed
 
+Every registered method (a new one joins by itself, with its preset: Method.preset or
+conf/experiment/<name>_cifar10.yaml, else simclr.py's defaults with method=NAME).
 The same for every method: ResNet-18 width 16, the first 10,000 training images, 10
 epochs, batch 256, the method's own recipe otherwise (its preset, with --warmup warm-up
 epochs: 1, or 10 = the first 10 epochs of solo-learn's schedule, which its LARS recipes
@@ -23,19 +25,30 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
-# method -> (script, its recipe's overrides)
-RECIPES = {
-    "simclr": ("simclr.py", []),
-    "moco": ("moco.py", []),
-    "byol": ("simclr.py", ["experiment=byol_cifar10"]),
-    "simsiam": ("simclr.py", ["experiment=simsiam_cifar10"]),
-    "barlow_twins": ("simclr.py", ["experiment=barlow_twins_cifar10"]),
-    "vicreg": ("simclr.py", ["experiment=vicreg_cifar10"]),
-    "mocov3": ("simclr.py", ["experiment=mocov3_cifar10"]),
-    "dino": ("simclr.py", ["experiment=dino_cifar10"]),
-    "swav": ("simclr.py", ["experiment=swav_cifar10"]),
-}
+def recipes():
+    """{method: its recipe's overrides} for every registered method: its preset
+    (`experiment=<Method.preset or NAME_cifar10>`) where it has one, else `method=NAME` on
+    simclr.py's defaults. A new method joins the table by itself."""
+    from sslcifar.methods import METHODS
+    from sslcifar.paths import config_dir
+    out = {}
+    for name, cls in sorted(METHODS.items()):
+        preset = cls.preset or f"{name}_cifar10"
+        has = (config_dir() / "experiment" / f"{preset}.yaml").exists()
+        out[name] = [f"experiment={preset}"] if has else [f"method={name}"]
+    return out
+
+
+def warms_up(overrides) -> bool:
+    """Whether the recipe has a warm-up (solo-learn's 10 epochs): --warmup applies to those."""
+    from hydra import compose, initialize_config_dir
+    from sslcifar.config import register_configs
+    from sslcifar.paths import config_dir
+    register_configs()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return compose("simclr", overrides=list(overrides)).scheduler.warmup_epochs > 0
 
 
 class Failed(Exception):
@@ -56,7 +69,8 @@ def run(cmd, log):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-root", required=True, help="CIFAR-10 python layout (make_cifar10.py)")
-    ap.add_argument("--methods", default=",".join(RECIPES))
+    base_recipes = recipes()
+    ap.add_argument("--methods", default=",".join(base_recipes))
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--subset", type=int, default=10000)
     ap.add_argument("--width", type=int, default=16)
@@ -72,22 +86,22 @@ def main() -> None:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     common = [f"dataset.root={args.data_root}", f"dataset.subset={args.subset}",
-              f"backbone.width={args.width}", f"batch_size={args.batch}", f"epochs={args.epochs}",
+              "backbone=resnet18", f"backbone.width={args.width}", f"batch_size={args.batch}",
+              f"epochs={args.epochs}",
               "eval.knn_every=0", "progress=false", "tensorboard=false", "device=cpu"]
     probe = [f"dataset.root={args.data_root}", f"dataset.subset={args.subset}", "recipe=fast",
              "progress=false", "device=cpu"]
     warmups = dict(w.split("=") if "=" in w else ("*", w) for w in args.warmup.split(","))
-    recipes = {name: (script, recipe, name) for name, (script, recipe) in RECIPES.items()}
+    table = {name: (recipe, name) for name, recipe in base_recipes.items()}
     for v in args.variant:
         name, _, rest = v.partition("=")
         base, _, overrides = rest.partition(":")
-        if base not in RECIPES:
-            ap.error(f"--variant {v}: unknown method {base!r} (one of {', '.join(RECIPES)})")
-        script, recipe = RECIPES[base]
-        recipes[name] = (script, recipe + [o for o in overrides.split(",") if o], base)
+        if base not in base_recipes:
+            ap.error(f"--variant {v}: unknown method {base!r} (one of {', '.join(base_recipes)})")
+        table[name] = (base_recipes[base] + [o for o in overrides.split(",") if o], base)
     for name in args.methods.split(","):
-        if name not in recipes:
-            ap.error(f"unknown method {name!r} (one of {', '.join(recipes)}, or define it with --variant)")
+        if name not in table:
+            ap.error(f"unknown method {name!r} (one of {', '.join(table)}, or define it with --variant)")
     rows = []
     for name in ([] if args.no_random else ["random"]) + args.methods.split(","):
         if name == "random":
@@ -102,13 +116,13 @@ def main() -> None:
                          float(re.search(r"top1=([\d.]+)", stdout).group(1)), None, None))
             print(rows[-1], flush=True)
             continue
-        script, recipe, base = recipes[name]
+        recipe, base = table[name]
         run_dir = out / name
         epochs = warmups.get(name, warmups.get(base, warmups.get("*", "1")))
-        # only the presets' recipes get --warmup; SimCLR's and MoCo's defaults keep theirs
-        warmup = [f"scheduler.warmup_epochs={epochs}"] if RECIPES[base][1] else []
+        # only recipes with a warm-up get --warmup (solo-learn's); SimCLR's and MoCo's keep none
+        warmup = [f"scheduler.warmup_epochs={epochs}"] if warms_up(base_recipes[base]) else []
         try:
-            _, seconds = run([sys.executable, script, *recipe, *common, *warmup,
+            _, seconds = run([sys.executable, "simclr.py", *recipe, *common, *warmup,
                               f"hydra.run.dir={run_dir}"], out / f"{name}.log")
         except Failed as e:
             rows.append((name, None, None, None, str(e)))

@@ -1,12 +1,67 @@
-"""What the top-level scripts share: config registration and error reporting."""
+"""The command-line layer: what every command shares (simclr.py, moco.py, linear_eval.py,
+`python -m sslcifar.knn`, `python -m sslcifar.figures tsne`, and `python -m sslcifar CMD` of
+an installed package): config registration, the original repositories' names, one
+composition of the command line before Hydra's (one-line errors, ranges checked, nothing
+written), and error reporting."""
 import functools
 import logging
 import sys
 
-from .config import register_configs
+from .config import MOCO_ALIASES, register_configs
 from .errors import UserError
+from .paths import config_dir
 
 register_configs()
+
+
+def run_command(config_name: str, task, aliases=None, pin_run_dir: bool = False) -> None:
+    """Run `task(cfg)` as the command of conf/<config_name>.yaml: the original names of
+    `aliases` renamed, the command line checked, then Hydra (run directory, logging,
+    multirun, launchers) calls the task with the composed config."""
+    import hydra
+    if aliases:
+        rename_aliases(aliases)
+    check_overrides(config_name)
+    if pin_run_dir:
+        pin_torchrun_run_dir()
+
+    @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=config_name)
+    @report_user_errors
+    def main(cfg):
+        return task(cfg)
+    main()
+
+
+def pretrain(config_name: str) -> None:
+    """simclr.py / moco.py: pretraining with conf/<config_name>.yaml (moco.py's original
+    names moco_k, moco_t, moco_m renamed first, so they win over any preset)."""
+    from .train import train
+    run_command(config_name, train, MOCO_ALIASES if config_name == "moco" else None,
+                pin_run_dir=True)
+
+
+def evaluate(config_name: str) -> None:
+    """linear_eval.py, `python -m sslcifar.knn`, `python -m sslcifar.figures tsne`: an
+    evaluation of a saved encoder with conf/<config_name>.yaml."""
+    from .eval_config import register_eval_configs
+    register_eval_configs()
+    if config_name == "linear_eval":
+        from .linear_eval import linear_eval as task
+    elif config_name == "knn":
+        from .knn import knn_from_config
+        task = lambda cfg: knn_from_config(cfg, hydra_run_dir())        # noqa: E731
+    elif config_name == "tsne":
+        from .figures import tsne_from_config
+        task = lambda cfg: tsne_from_config(cfg, hydra_run_dir())       # noqa: E731
+    else:
+        raise ValueError(f"no evaluation command {config_name!r}")
+    run_command(config_name, task)
+
+
+def hydra_run_dir():
+    from pathlib import Path
+    from hydra.core.hydra_config import HydraConfig
+    return Path(HydraConfig.get().runtime.output_dir)
 
 
 def report_user_errors(fn):
@@ -18,7 +73,9 @@ def report_user_errors(fn):
             from omegaconf import DictConfig
             if isinstance(cfg, DictConfig):
                 from .config import check_known_keys
+                from .ranges import check_ranges
                 check_known_keys(cfg)
+                check_ranges(cfg)
             return fn(cfg, *args, **kwargs)
         except UserError as e:
             logging.getLogger("sslcifar").debug("user error", exc_info=True)
@@ -68,14 +125,18 @@ def check_overrides(config_name: str) -> None:
     args = sys.argv[1:]
     if any(a.startswith("-") for a in args):
         return
-    from pathlib import Path
     from hydra import compose, initialize_config_dir
     try:
-        with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf"),
-                                   version_base="1.3"):
-            compose(config_name, overrides=args)
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+            cfg = compose(config_name, overrides=args)
     except Exception as e:          # noqa: BLE001 -- Hydra raises several unrelated types
         print(f"error: {composition_error(e, args)}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    from .ranges import check_ranges
+    try:
+        check_ranges(cfg)           # before Hydra makes the run directory: nothing written
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
 
 

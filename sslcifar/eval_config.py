@@ -14,22 +14,24 @@ from typing import List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from .config import AugmentConfig, BackboneConfig, DatasetConfig
+from .config import AT_LEAST_1, NON_NEGATIVE, POSITIVE, PROBABILITY, AugmentConfig, BackboneConfig, DatasetConfig
+from .ranges import declared
 
 
 @dataclass
 class EncoderEvalConfig:
-    """What every evaluation needs: an encoder, a data set, a device."""
+    """What every evaluation needs: an encoder, a data set, a device (values:
+    conf/common/evaluation.yaml and each command's file)."""
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
 
     # a checkpoint file, a run directory, `random` (a seeded untrained encoder), or
     # null: the newest pretraining run under outputs/ whose backbone matches
-    pretrained: Optional[str] = None
-    batch_size: int = MISSING         # images per forward pass (and per SGD step)
-    device: str = "auto"              # auto | cpu | cuda
-    seed: int = 0
-    progress: bool = True             # tqdm progress bars
+    pretrained: Optional[str] = MISSING
+    batch_size: int = declared(AT_LEAST_1)   # images per forward pass (and per SGD step)
+    device: str = declared(choices=("auto", "cpu", "cuda"))
+    seed: int = MISSING
+    progress: bool = MISSING          # tqdm progress bars
 
 
 @dataclass
@@ -38,56 +40,61 @@ class LinearEvalConfig(EncoderEvalConfig):
     conf/protocol/<name>.yaml what each original's evaluation does differently."""
     augment: AugmentConfig = field(default_factory=AugmentConfig)   # inputs=transformed
     protocol: str = MISSING           # the name recorded in linear_eval.json
-    recipe: str = MISSING             # fast (L-BFGS on cached features) | standard (SGD, augmented)
+    # fast (L-BFGS on cached features) | standard (SGD, augmented)
+    recipe: str = declared(choices=("fast", "standard"))
     # standard recipe (SGD)
-    epochs: int = MISSING
-    lr: float = MISSING
-    weight_decay: float = MISSING
-    momentum: float = MISSING
+    epochs: int = declared(AT_LEAST_1)
+    lr: float = declared(POSITIVE)
+    weight_decay: float = declared(NON_NEGATIVE)
+    momentum: float = declared(PROBABILITY)
     nesterov: bool = MISSING
-    schedule: str = MISSING           # cosine | step | simclr_cifar10 (linear_eval.probe_lr)
-    schedule_unit: str = MISSING      # cosine per step | per epoch
-    milestones: List[int] = MISSING   # step: the epochs at which lr *= lr_gamma
-    lr_gamma: float = MISSING
-    train_augment: str = MISSING      # crop_flip (4 px padding) | resized_crop_flip | none
-    crop_scale: List[float] = MISSING  # resized_crop_flip's scale range
+    # cosine | step | simclr_cifar10 (linear_eval.probe_lrs)
+    schedule: str = declared(choices=("cosine", "step", "simclr_cifar10"))
+    schedule_unit: str = declared(choices=("step", "epoch"))    # cosine per step | per epoch
+    milestones: List[int] = declared(NON_NEGATIVE)    # step: the epochs at which lr *= lr_gamma
+    lr_gamma: float = declared(POSITIVE)
+    # crop_flip (4 px padding) | resized_crop_flip | none
+    train_augment: str = declared(choices=("crop_flip", "resized_crop_flip", "none"))
+    crop_scale: List[float] = declared("(0, 1]", pair=True)   # resized_crop_flip's scale range
     standardize: bool = MISSING       # features standardised with the training set's statistics
-    fc_init: str = MISSING            # default (torch's) | normal (N(0, 0.01), bias 0)
+    fc_init: str = declared(choices=("default", "normal"))     # torch's | N(0, 0.01), bias 0
     finetune: bool = MISSING          # train the encoder too, in train mode (SimCLR-CIFAR10)
-    report: str = MISSING             # last | best | lowest_train_loss: which epoch is `top1`
+    # which epoch is `top1`
+    report: str = declared(choices=("last", "best", "lowest_train_loss"))
     drop_last: bool = MISSING         # leave out the last incomplete batch of each epoch
-    max_steps: Optional[int] = None   # stop after this many SGD steps (smoke runs)
+    max_steps: Optional[int] = declared(AT_LEAST_1)   # stop after this many SGD steps (smoke runs)
     # fast recipe (L-BFGS)
-    l2: float = MISSING               # L2 penalty on the weights: mean CE + l2/2 ||W||^2
-    lbfgs_steps: int = MISSING        # L-BFGS calls
-    lbfgs_max_iter: int = MISSING     # iterations per call
-    lbfgs_line_search: str = MISSING  # strong_wolfe | none
-    ridge: float = MISSING            # spirograph: ridge penalty of the least-squares regression
-    regression: str = MISSING         # spirograph: ridge (least squares) | lbfgs (the invariance
-                                      # reproduction's: MSE + reg_weight ||W||^2, L-BFGS)
-    reg_weight: float = MISSING
+    l2: float = declared(NON_NEGATIVE)    # L2 penalty on the weights: mean CE + l2/2 ||W||^2
+    lbfgs_steps: int = declared(AT_LEAST_1)       # L-BFGS calls
+    lbfgs_max_iter: int = declared(AT_LEAST_1)    # iterations per call
+    lbfgs_line_search: str = declared(choices=("strong_wolfe", "none"))
+    ridge: float = declared(NON_NEGATIVE)     # spirograph: ridge penalty of the least-squares regression
+    # spirograph: ridge (least squares) | lbfgs (the invariance reproduction's: MSE + reg_weight
+    # ||W||^2, L-BFGS)
+    regression: str = declared(choices=("ridge", "lbfgs"))
+    reg_weight: float = declared(NON_NEGATIVE)
     # the inputs whose features are fitted and scored: untransformed (the plain images) |
     # transformed (augmented by `augment`, averaged over `passes` views: feature averaging)
-    inputs: str = MISSING
-    passes: int = MISSING
-    invariance_images: int = MISSING  # > 0: the measured invariance on this many test images
-    invariance_samples: int = MISSING  # fresh nuisance draws per image (the penalty's M)
+    inputs: str = declared(choices=("untransformed", "transformed"))
+    passes: int = declared(AT_LEAST_1)
+    invariance_images: int = declared(NON_NEGATIVE)   # > 0: the measured invariance on this many test images
+    invariance_samples: int = declared(AT_LEAST_1)    # fresh nuisance draws per image (the penalty's M)
 
 
 @dataclass
 class KnnEvalConfig(EncoderEvalConfig):
-    k: int = MISSING                  # neighbours that vote
-    temperature: float = MISSING      # T of the vote weights exp(sim / T)
-    max_train: Optional[int] = None   # cap on the memory bank (None = whole train split)
+    k: int = declared(AT_LEAST_1)             # neighbours that vote
+    temperature: float = declared(POSITIVE)   # T of the vote weights exp(sim / T)
+    max_train: Optional[int] = declared(AT_LEAST_1)   # cap on the memory bank (null = whole train split)
 
 
 @dataclass
 class TsneConfig(EncoderEvalConfig):
-    split: str = MISSING              # train | test: which images are embedded
-    num_points: int = MISSING         # the first N images of the split (exact t-SNE is O(N^2))
-    perplexity: float = MISSING
-    iterations: int = MISSING
-    out: Optional[str] = None         # PNG path; default <run dir>/tsne.png
+    split: str = declared(choices=("train", "test"))   # which images are embedded
+    num_points: int = declared("[4, inf)")    # the first N images of the split (exact t-SNE is O(N^2))
+    perplexity: float = declared(POSITIVE)
+    iterations: int = declared(AT_LEAST_1)
+    out: Optional[str] = MISSING      # PNG path; null: <run dir>/tsne.png
 
 
 def register_eval_configs() -> None:

@@ -47,14 +47,14 @@ from .errors import UserError
 from .knn import r2_scores
 from .distributed import pick_device
 from .features import extract
+from .paths import config_dir
 from .pretrained import load_encoder
+from .ranges import check_ranges
 from .schedule import cosine_scheduler, per_epoch
 from .version import code_version
 
 log = logging.getLogger("sslcifar")
 
-RECIPES = ("fast", "standard")
-LBFGS_ITERATIONS = 500          # the fast recipe converges well before this on CIFAR features
 SPIROGRAPH_PARAMS = ("m", "b", "sigma", "red")
 
 
@@ -124,8 +124,7 @@ def feature_stats(features: torch.Tensor):
 
 
 def fit_fast(train_f: torch.Tensor, train_y: torch.Tensor, num_classes: int, l2: float,
-             iterations: int = LBFGS_ITERATIONS, steps: int = 1, line_search: str = "strong_wolfe",
-             standardize: bool = True) -> LinearClassifier:
+             iterations: int, steps: int, line_search: str, standardize: bool) -> LinearClassifier:
     """Multinomial logistic regression, full batch L-BFGS: minimises mean CE + l2/2 ||W||^2
     (the bias is not penalised), on standardised features unless standardize=False.
 
@@ -362,38 +361,19 @@ def confusion_png(conf: List[List[int]], classes: List[str], path: Path, title: 
 
 # ---------------------------------------------------------------------- the entrypoint's work
 
-PROTOCOL_CHOICES = {"recipe": RECIPES, "inputs": ("untransformed", "transformed"),
-                    "regression": ("ridge", "lbfgs"), "schedule": ("cosine", "step", "simclr_cifar10"),
-                    "schedule_unit": ("step", "epoch"), "fc_init": ("default", "normal"),
-                    "train_augment": ("crop_flip", "resized_crop_flip", "none"),
-                    "report": ("last", "best", "lowest_train_loss"),
-                    "lbfgs_line_search": ("strong_wolfe", "none")}
-
-
 def validate(cfg) -> None:
+    """The declared ranges (sslcifar.ranges), then the rules across keys."""
     def require(ok, key, value, allowed):
         if not ok:
             raise UserError(f"{key}={value} is not allowed: {allowed}")
-    for key, allowed in PROTOCOL_CHOICES.items():
-        require(cfg[key] in allowed, key, cfg[key], "use one of " + ", ".join(allowed))
-    require(cfg.epochs >= 1, "epochs", cfg.epochs, "needs >= 1")
-    require(cfg.batch_size >= 1, "batch_size", cfg.batch_size, "needs >= 1")
-    require(cfg.lr > 0, "lr", cfg.lr, "needs > 0")
-    require(cfg.l2 >= 0, "l2", cfg.l2, "needs >= 0")
-    require(cfg.ridge >= 0, "ridge", cfg.ridge, "needs >= 0")
-    require(cfg.lbfgs_steps >= 1 and cfg.lbfgs_max_iter >= 1, "lbfgs_steps/lbfgs_max_iter",
-            f"{cfg.lbfgs_steps}/{cfg.lbfgs_max_iter}", "need >= 1")
-    require(cfg.max_steps is None or cfg.max_steps >= 1, "max_steps", cfg.max_steps,
-            "needs >= 1 or null")
-    require(cfg.passes >= 1, "passes", cfg.passes, "needs >= 1")
+    check_ranges(cfg)
     require(not (cfg.inputs == "untransformed" and cfg.passes > 1), "passes", cfg.passes,
             "feature averaging needs transformed inputs: add inputs=transformed")
-    lo, hi = cfg.crop_scale
-    require(0 < lo <= hi <= 1, "crop_scale", list(cfg.crop_scale), "needs 0 < low <= high <= 1")
-    require(cfg.dataset.subset_mode in ("first", "stratified"), "dataset.subset_mode",
-            cfg.dataset.subset_mode, "use one of first, stratified")
     require(not (cfg.finetune and cfg.recipe == "fast"), "finetune", True,
             "the fast recipe fits cached features: use recipe=standard to fine-tune")
+    require(not (cfg.schedule == "simclr_cifar10" and cfg.epochs > 1000), "epochs", cfg.epochs,
+            "schedule=simclr_cifar10 is a cosine over SimCLR-CIFAR10's 1000 pretraining "
+            "epochs: use at most 1000")
     pick_device(cfg.device)
 
 
@@ -410,8 +390,7 @@ def protocol_config(name: str, train_cfg):
     if GlobalHydra.instance().is_initialized():           # inside simclr.py / moco.py
         cfg = compose("linear_eval", overrides=overrides)
     else:
-        with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf"),
-                                   version_base="1.3"):
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
             cfg = compose("linear_eval", overrides=overrides)
     cfg.dataset = OmegaConf.merge(cfg.dataset, OmegaConf.to_container(train_cfg.dataset, resolve=True))
     cfg.device = train_cfg.device

@@ -1,6 +1,7 @@
-"""Cross-field checks of a composed config, before any data is read or any
-model is built. Hydra's schema already checks keys and types; these are the
-rules that involve values and several keys. Each failure is one UserError
+"""The checks of a composed config before any data is read or any model is built.
+Hydra's schema checks keys and types; `sslcifar.ranges.check_ranges` every value against
+the range or choices its schema declares; this module the rules that involve several
+keys, the method (`Method.check_config`) or the machine. Each failure is one UserError
 line naming the key, the value and what is allowed.
 """
 import os
@@ -12,33 +13,11 @@ import torch
 from .data.views import view_sizes, view_specs
 from .errors import UserError
 from .methods import METHODS
+from .paths import config_dir
+from .ranges import check_ranges
 
-CHOICES = {
-    "device": ("auto", "cpu", "cuda"),
-    "precision": ("auto", "fp32", "bf16", "fp16"),
-    "compile_mode": ("default", "reduce-overhead", "max-autotune"),
-    "optimizer.name": ("sgd", "lars", "adamw"),
-    "optimizer.lr_scaling": ("none", "linear", "sqrt"),
-    "optimizer.lars_variant": ("sogclr", "solo", "torchlars"),
-    "scheduler.name": ("cosine", "constant"),
-    "dataset.pipeline": ("auto", "device", "stream", "torchvision"),
-    "dataset.decode": ("cpu", "cuda"),
-    "dataset.placement": ("auto", "device", "host"),
-    "dataset.subset_mode": ("first", "stratified"),
-    "augment.interpolation": ("bilinear", "bicubic"),
-    "augment.jitter_mode": ("torchvision", "invclr"),
-    "backbone.stem": ("auto", "cifar", "stl", "imagenet"),
-}
-CONF = Path(__file__).resolve().parents[1] / "conf"
 # the stride of each stem x the 8x of the ResNet stages: the smallest image it takes
 MIN_SIZE = {"cifar": 8, "stl": 16, "imagenet": 32}
-
-
-def _get(cfg, dotted: str):
-    node = cfg
-    for part in dotted.split("."):
-        node = node[part]
-    return node
 
 
 def _require(ok: bool, key: str, value, allowed: str) -> None:
@@ -47,11 +26,9 @@ def _require(ok: bool, key: str, value, allowed: str) -> None:
 
 
 def validate_config(cfg) -> None:
-    """Every rule that needs no data: the generic ones here, the method's own through
-    its class (`check_config`)."""
-    for key, allowed in CHOICES.items():
-        v = _get(cfg, key)
-        _require(v in allowed, key, v, "use one of " + ", ".join(allowed))
+    """Every rule that needs no data: the declared ranges, the rules across keys here, the
+    method's own through its class (`check_config`)."""
+    check_ranges(cfg)
     _require(cfg.method.name in METHODS, "method.name", cfg.method.name,
              "use one of " + ", ".join(sorted(METHODS)))
     method = METHODS[cfg.method.name]
@@ -59,29 +36,11 @@ def validate_config(cfg) -> None:
              f"method={method.name} trains with loss={method.loss_name}")
     lo, why = method.min_batch
     _require(cfg.batch_size >= lo, "batch_size", cfg.batch_size, f"needs >= {lo}{why}")
-    _require(cfg.epochs >= 1, "epochs", cfg.epochs, "needs >= 1")
-    _require(cfg.max_steps is None or cfg.max_steps >= 1, "max_steps", cfg.max_steps,
-             "needs >= 1 or null")
-    _require(cfg.optimizer.lr >= 0, "optimizer.lr", cfg.optimizer.lr, "needs >= 0")
-    _require(cfg.optimizer.weight_decay >= 0, "optimizer.weight_decay",
-             cfg.optimizer.weight_decay, "needs >= 0")
-    _require(cfg.dataset.subset is None or cfg.dataset.subset >= 1, "dataset.subset",
-             cfg.dataset.subset, "needs >= 1 or null")
-    for key in ("mean", "std"):
-        values = list(cfg.dataset[key])
-        _require(len(values) == 3, f"dataset.{key}", values, "needs 3 values, one per RGB channel")
-    _require(all(s > 0 for s in cfg.dataset.std), "dataset.std", list(cfg.dataset.std),
-             "every channel's std needs > 0 (the images are divided by it)")
-    for key in ("crop_scale", "crop_ratio", "blur_sigma", "small_crop_scale"):
-        lo, hi = cfg.augment[key]
-        _require(0 < lo <= hi, f"augment.{key}", list(cfg.augment[key]), "needs 0 < low <= high")
-    _require(cfg.augment.small_crops >= 0, "augment.small_crops", cfg.augment.small_crops,
-             "needs >= 0 (0 = no small crops)")
     from .data.folders import FOLDER_DATASETS
     _require(cfg.dataset.pipeline != "stream" or cfg.dataset.name in FOLDER_DATASETS,
              "dataset.pipeline", "stream", f"streams image folders ({', '.join(FOLDER_DATASETS)}); "
              f"{cfg.dataset.name} is read into memory: use auto or device")
-    protocols = sorted(p.stem for p in (CONF / "protocol").glob("*.yaml"))
+    protocols = sorted(p.stem for p in (config_dir() / "protocol").glob("*.yaml"))
     _require(cfg.eval.linear is None or cfg.eval.linear in protocols, "eval.linear",
              cfg.eval.linear, "use one of " + ", ".join(protocols) + " or null")
     if cfg.dataset.name == "spirograph":
@@ -108,15 +67,6 @@ def validate_config(cfg) -> None:
              "torchvision", f"method={method.name} re-makes views from their parameters, which "
              f"torchvision's pipeline cannot: use auto, device or stream")
     method.check_config(cfg, sizes)
-    _require(cfg.backbone.width >= 1, "backbone.width", cfg.backbone.width, "needs >= 1")
-    _require(cfg.log_every >= 1, "log_every", cfg.log_every, "needs >= 1")
-    _require(cfg.checkpoint_every >= 0, "checkpoint_every", cfg.checkpoint_every,
-             "needs >= 0 (0 = only last.pt)")
-    _require(cfg.eval.knn_k >= 1, "eval.knn_k", cfg.eval.knn_k, "needs >= 1 neighbour")
-    _require(cfg.eval.knn_temperature > 0, "eval.knn_temperature", cfg.eval.knn_temperature,
-             "needs > 0")
-    _require(cfg.eval.knn_every >= 0, "eval.knn_every", cfg.eval.knn_every,
-             "needs >= 0 (0 = only at the end)")
     if cfg.wandb:
         try:
             import wandb  # noqa: F401

@@ -353,7 +353,7 @@ def test_barlow_twins_matches_a_naive_loop(n, d, lambd, scale):
     from sslcifar.losses import barlow_twins
     g = torch.Generator().manual_seed(n)
     z1, z2 = torch.randn(n, d, generator=g, dtype=torch.float64), torch.randn(n, d, generator=g, dtype=torch.float64)
-    assert barlow_twins(z1, z2, lambd, scale).item() == pytest.approx(naive_barlow(z1, z2, lambd, scale), rel=1e-9)
+    assert barlow_twins(z1, z2, lambd, scale=scale).item() == pytest.approx(naive_barlow(z1, z2, lambd, scale), rel=1e-9)
 
 
 def test_barlow_twins_edge_cases():
@@ -361,11 +361,11 @@ def test_barlow_twins_edge_cases():
     # identical views of decorrelated, standardised features: c = I (up to the BN eps), loss ~ 0
     z = torch.tensor([[1.0, 1.0], [1.0, -1.0], [-1.0, 1.0], [-1.0, -1.0]], dtype=torch.float64)
     # (standardised by sqrt(var + eps): c_ii = 1 / (1 + eps))
-    assert barlow_twins(z, z, 0.0051).item() == pytest.approx(2 * (1 - 1 / (1 + 1e-5)) ** 2, rel=1e-6)
+    assert barlow_twins(z, z, 0.0051, scale=1.0).item() == pytest.approx(2 * (1 - 1 / (1 + 1e-5)) ** 2, rel=1e-6)
     # a feature with zero variance standardises to 0: its diagonal term is (1 - 0)^2 = 1
     z0 = z.clone()
     z0[:, 1] = 3.0
-    assert barlow_twins(z0, z0, 0.0).item() == pytest.approx(1 + (1 - 1 / (1 + 1e-5)) ** 2, rel=1e-12)
+    assert barlow_twins(z0, z0, 0.0, scale=1.0).item() == pytest.approx(1 + (1 - 1 / (1 + 1e-5)) ** 2, rel=1e-12)
 
 
 def naive_vicreg(x, y, s, v, c):

@@ -24,15 +24,15 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".t
 FOLDER_DATASETS = ("imagefolder", "imagenet", "imagenet100")
 
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
 
 
 def read_classes_file(path: str) -> List[str]:
     """Class folder names, whitespace-separated (solo-learn's imagenet100_classes.txt); a
     relative path is looked up from the launch directory, then in conf/."""
+    from ..paths import config_dir
     p = Path(path).expanduser()
-    if not p.is_file() and not p.is_absolute() and (CONF / p).is_file():
-        p = CONF / p
+    if not p.is_file() and not p.is_absolute() and (config_dir() / p).is_file():
+        p = config_dir() / p
     if not p.is_file():
         raise UserError(f"dataset.classes_file={path} does not exist. Fix: point it at a file "
                         f"of class folder names, or null for every class folder")

@@ -119,16 +119,17 @@ def _pyplot():
 
 
 def tsne_png(features: torch.Tensor, labels: torch.Tensor, path, classes: Optional[Sequence[str]] = None,
-             title: str = "", perplexity: float = 30.0, iterations: int = 1000, seed: int = 0,
-             max_points: int = 2000) -> Path:
+             title: str = "", perplexity: float = 30.0, iterations: int = 1000,
+             seed: int = 0) -> Path:
     """t-SNE of features [N, F] as a scatter plot saved to `path` (PNG).
 
     labels [N]: integer classes (one colour each, named by `classes`; -1 grey) or
-    floats (a continuous colour scale, e.g. a Spirograph parameter). Only the
-    first `max_points` points are embedded (exact t-SNE is quadratic).
+    floats (a continuous colour scale, e.g. a Spirograph parameter). Every point is
+    embedded: callers choose how many (exact t-SNE is quadratic). perplexity 30 and 1000
+    iterations: van der Maaten's defaults, as conf/tsne.yaml (a test holds them equal).
     """
-    features = features[:max_points].detach().float().cpu()
-    labels = labels[:max_points].detach().cpu()
+    features = features.detach().float().cpu()
+    labels = labels.detach().cpu()
     if labels.shape[0] != features.shape[0]:
         raise ValueError(f"{features.shape[0]} feature rows but {labels.shape[0]} labels")
     y = tsne(features, perplexity, iterations, seed=seed).numpy()
@@ -191,3 +192,31 @@ def curves_png(run_dir, path=None) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+# ---------------------------------------------------------------------- the command's work
+
+def tsne_from_config(cfg, run_dir: Path) -> Path:
+    """The `tsne` command: embed the first cfg.num_points images of cfg.split."""
+    from ..data.sources import build_source
+    from ..distributed import pick_device
+    from ..features import extract
+    from ..pretrained import load_encoder
+    from ..ranges import check_ranges
+    check_ranges(cfg)
+    device = pick_device(cfg.device)
+    enc = load_encoder(cfg)
+    src = build_source(cfg, cfg.split, device)
+    n = min(cfg.num_points, len(src))
+    features = extract(enc.backbone.to(device), src, batch_size=cfg.batch_size, normalize=True, limit=n)
+    if src.task == "regression":
+        labels, what = src.targets[:n, 0].float(), "coloured by m"
+    else:
+        labels, what = src.labels[:n], "coloured by class"
+    out = Path(cfg.out) if cfg.out else run_dir / "tsne.png"
+    source = "random init" if enc.path is None else enc.path.parent.parent.name
+    tsne_png(features, labels, out, list(src.classes), perplexity=cfg.perplexity,
+             iterations=cfg.iterations, seed=cfg.seed,
+             title=f"t-SNE, {cfg.dataset.name} {cfg.split} ({n} images, {what})\n{source}")
+    print(f"tsne: {out} ({n} {cfg.dataset.name} {cfg.split} images)", flush=True)
+    return out

@@ -18,7 +18,7 @@ from ..features import extract
 
 
 def knn_classify(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Tensor,
-                 num_classes: int, k: int = 200, temperature: float = 0.1,
+                 num_classes: int, k: int, temperature: float,
                  chunk: int = 1024) -> torch.Tensor:
     """Class scores [M, C] for test features [M, F] from a bank [N, F] with labels [N]."""
     k = min(k, train_f.shape[0])
@@ -32,7 +32,7 @@ def knn_classify(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Ten
     return torch.cat(scores)
 
 
-def knn_regress(train_f, train_t, test_f, k: int = 200, temperature: float = 0.1,
+def knn_regress(train_f, train_t, test_f, k: int, temperature: float,
                 chunk: int = 1024) -> torch.Tensor:
     """Weighted mean of the neighbours' targets: [M, P] from a bank [N, F], targets [N, P]."""
     k = min(k, train_f.shape[0])
@@ -67,3 +67,34 @@ def knn_evaluate(backbone: nn.Module, train_source, test_source, k: int, tempera
     scores = knn_classify(train_f[keep], labels[keep], test_f, num_classes, k, temperature)
     top1 = (scores.argmax(1) == test_source.labels).float().mean().item() * 100
     return {"knn_top1": top1}
+
+
+# ---------------------------------------------------------------------- the command's work
+
+def knn_from_config(cfg, run_dir) -> Dict[str, float]:
+    """`python -m sslcifar.knn`: kNN of a pretrained encoder; writes knn.json to run_dir."""
+    import json
+    from pathlib import Path
+    from ..data.sources import build_source
+    from ..distributed import pick_device
+    from ..pretrained import load_encoder
+    from ..ranges import check_ranges
+    check_ranges(cfg)
+    device = pick_device(cfg.device)
+    enc = load_encoder(cfg)
+    train_src = build_source(cfg, "train", device)
+    test_src = build_source(cfg, "test", device)
+    scores = knn_evaluate(enc.backbone.to(device), train_src, test_src, cfg.k, cfg.temperature,
+                          cfg.max_train, cfg.batch_size)
+    checkpoint = str(enc.path) if enc.path is not None else "random"
+    n_train = len(train_src) if cfg.max_train is None else min(cfg.max_train, len(train_src))
+    result = {**scores, "checkpoint": checkpoint, "checkpoint_format": enc.format,
+              "backbone": {"name": enc.name, "width": enc.width, "stem": enc.stem},
+              "dataset": cfg.dataset.name, "k": cfg.k, "temperature": cfg.temperature,
+              "num_train": n_train, "num_test": len(test_src)}
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    (Path(run_dir) / "knn.json").write_text(json.dumps(result, indent=2))
+    score = (f"top1={scores['knn_top1']:.2f}" if "knn_top1" in scores
+             else f"r2={scores['knn_r2']:.4f}")
+    print(f"knn: {score} (k={cfg.k}, T={cfg.temperature:g}, {checkpoint})", flush=True)
+    return result

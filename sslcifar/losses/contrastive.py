@@ -55,7 +55,7 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> tor
     return F.cross_entropy(logits, target)
 
 
-def nt_xent_multi(z: torch.Tensor, ids: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
+def nt_xent_multi(z: torch.Tensor, ids: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
     """NT-Xent over any number of views per image (multi-crop SimCLR), with the semantics
     of the contrastive-learning-methods repository / solo-learn's `simclr_loss_func`:
     every crop is an anchor; its positives are the other crops with the same id, and

@@ -20,8 +20,8 @@ def _off_diagonal(m: torch.Tensor) -> torch.Tensor:
     return m.flatten()[:-1].view(d - 1, d + 1)[:, 1:].flatten()
 
 
-def barlow_twins(z1: torch.Tensor, z2: torch.Tensor, lambd: float = 0.0051,
-                 scale: float = 1.0) -> torch.Tensor:
+def barlow_twins(z1: torch.Tensor, z2: torch.Tensor, lambd: float = 0.0051, *,
+                 scale: float) -> torch.Tensor:
     """Barlow Twins (Zbontar et al., 2021, "Barlow Twins: Self-Supervised Learning via
     Redundancy Reduction", eq. 1).
 
@@ -36,7 +36,8 @@ def barlow_twins(z1: torch.Tensor, z2: torch.Tensor, lambd: float = 0.0051,
     Args:
         z1, z2: [N, D] embeddings of the two views (row i: the same image).
         lambd: weight of the redundancy-reduction (off-diagonal) term.
-        scale: overall factor.
+        scale: overall factor (no default: the authors' 1 and solo-learn's 0.1 on CIFAR
+            both have their users; the recipes set it in conf/loss/barlow_twins.yaml).
 
     Returns:
         Scalar loss. Identical, standardised views with uncorrelated features give

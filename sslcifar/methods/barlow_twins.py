@@ -2,10 +2,10 @@
 standardised over the *global* batch, is pushed towards the identity."""
 from dataclasses import dataclass
 
-from omegaconf import MISSING
 
 from ..distributed import gather_with_grad
 from ..losses import barlow_twins
+from ..ranges import declared
 from .base import LossConfig, Method, ProjectorConfig, register
 
 
@@ -16,8 +16,8 @@ class BarlowTwinsConfig(ProjectorConfig):
 
 @dataclass
 class BarlowTwinsLossConfig(LossConfig):
-    lambd: float = MISSING        # weight of the off-diagonal (redundancy) term
-    scale: float = MISSING        # overall factor (solo-learn's scale_loss: 0.1 on CIFAR)
+    lambd: float = declared("[0, inf)")        # weight of the off-diagonal (redundancy) term
+    scale: float = declared("(0, inf)")        # overall factor (solo-learn's scale_loss: 0.1 on CIFAR)
 
 
 @register
@@ -44,5 +44,6 @@ class BarlowTwins(Method):
         z = self.projector(h)
         # the statistics and the correlation over the global batch, differentiably: the
         # gradient reaches every rank in full (a plain all_reduce of c would not)
-        loss = barlow_twins(gather_with_grad(z[:b]), gather_with_grad(z[b:]), self.lambd, self.scale)
+        loss = barlow_twins(gather_with_grad(z[:b]), gather_with_grad(z[b:]), self.lambd,
+                            scale=self.scale)
         return {"loss": loss, "features": h[:b].detach(), "z_std": self.collapse_std(z[:b])}

@@ -38,6 +38,7 @@ from torch import nn
 
 from ..errors import UserError
 from ..models import build_backbone, projection_mlp
+from ..ranges import declared
 from ..schedule import Now
 
 METHODS: Dict[str, Type["Method"]] = {}
@@ -69,9 +70,9 @@ class MethodConfig:
 @dataclass
 class ProjectorConfig(MethodConfig):
     """A projection MLP after the backbone (`sslcifar.models.projection_mlp`)."""
-    proj_hidden_dim: Optional[int] = MISSING  # hidden width; null = the backbone's feature size
-    proj_out_dim: int = MISSING               # output (embedding) size
-    proj_layers: int = MISSING                # linear layers
+    proj_hidden_dim: Optional[int] = declared("[1, inf)")  # hidden width; null = the backbone's feature size
+    proj_out_dim: int = declared("[1, inf)")               # output (embedding) size
+    proj_layers: int = declared("[1, inf)")                # linear layers
     proj_bn: bool = MISSING                   # BatchNorm after each hidden linear layer
     proj_last_bn: bool = MISSING              # BatchNorm (no affine) after the last linear
 
@@ -83,7 +84,7 @@ class LossConfig:
 
 @dataclass
 class TemperatureConfig(LossConfig):
-    temperature: float = MISSING
+    temperature: float = declared("(0, inf)")
 
 
 # ---------------------------------------------------------------------- the base class
@@ -98,6 +99,9 @@ class Method(nn.Module):
     same_size_views: ClassVar[bool] = True    # all views at one size (no multi-crop)
     needs_replay: ClassVar[bool] = False      # re-makes views from their parameters (batch.replay)
     min_batch: ClassVar[tuple] = (2, " for a contrastive loss")   # smallest batch, and why
+    # its published CIFAR-10 recipe (conf/experiment/<preset>.yaml), for bench/methods.py and
+    # the README; null: <name>_cifar10 where that file exists, else the method's own defaults
+    preset: ClassVar[Optional[str]] = None
     # when the loop updates the targets of momentum_pairs(): before the forward (the keys of
     # this step come from the updated encoder: MoCo) or after the optimizer step (BYOL, DINO)
     ema_timing: ClassVar[str] = "after_step"
@@ -124,8 +128,6 @@ class Method(nn.Module):
             raise UserError(f"method={cls.name} takes views of one size, the view groups give "
                             f"{sorted(set(view_sizes))} px. Fix: augment.small_crops=0 and no "
                             f"group 'size'")
-        if hasattr(cfg.loss, "temperature"):
-            require(cfg.loss.temperature > 0, "loss.temperature", cfg.loss.temperature, "needs > 0")
 
     @classmethod
     def check_data(cls, cfg, source, world: int) -> None:

@@ -4,18 +4,18 @@ the momentum on a cosine from base_momentum to 1 over the run. No negatives."""
 from dataclasses import dataclass
 
 import torch
-from omegaconf import MISSING
 
 from ..distributed import gather, gather_with_grad
 from ..losses import byol
 from ..models import projection_mlp
+from ..ranges import declared
 from .base import LossConfig, Method, ProjectorConfig, register
 from .ema import CosineMomentumConfig, check_momentum_order, cosine_momentum, frozen_copy
 
 
 @dataclass
 class BYOLConfig(ProjectorConfig, CosineMomentumConfig):
-    pred_hidden_dim: int = MISSING        # the predictor: proj_out_dim -> this -> proj_out_dim
+    pred_hidden_dim: int = declared("[1, inf)")        # the predictor: proj_out_dim -> this -> proj_out_dim
 
 
 @dataclass

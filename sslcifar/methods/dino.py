@@ -10,6 +10,7 @@ from torch import nn
 
 from ..distributed import gather, gather_with_grad
 from ..losses import DINOLoss
+from ..ranges import declared
 from ..schedule import cosine_scheduler, per_epoch
 from .base import LossConfig, Method, MethodConfig, register, require
 from .ema import CosineMomentumConfig, check_momentum_order, cosine_momentum, frozen_copy
@@ -55,23 +56,23 @@ class DINOHead(nn.Module):
 
 @dataclass
 class DINOConfig(MethodConfig, CosineMomentumConfig):
-    hidden_dim: int = MISSING             # head MLP width (2048)
-    bottleneck_dim: int = MISSING         # before the last layer (256)
-    num_prototypes: int = MISSING         # K, the output dimension
-    head_layers: int = MISSING            # linear layers before the last one (3)
+    hidden_dim: int = declared("[1, inf)")             # head MLP width (2048)
+    bottleneck_dim: int = declared("[1, inf)")         # before the last layer (256)
+    num_prototypes: int = declared("[1, inf)")         # K, the output dimension
+    head_layers: int = declared("[1, inf)")            # linear layers before the last one (3)
     use_bn: bool = MISSING                # BatchNorm in the head MLP (DINO: false)
     norm_last_layer: bool = MISSING       # fix the prototypes' norm (weight_g = 1)
-    freeze_last_layer_epochs: float = MISSING   # no update of the last layer for this long
-    clip_grad: float = MISSING            # per-parameter gradient norm clip (0: off)
+    freeze_last_layer_epochs: float = declared("[0, inf)")   # no update of the last layer for this long
+    clip_grad: float = declared("[0, inf)")            # per-parameter gradient norm clip (0: off)
 
 
 @dataclass
 class DINOLossConfig(LossConfig):
-    student_temp: float = MISSING
-    teacher_temp: float = MISSING         # after the warm-up
-    warmup_teacher_temp: float = MISSING  # at epoch 0
-    warmup_teacher_temp_epochs: int = MISSING
-    center_momentum: float = MISSING
+    student_temp: float = declared("(0, inf)")
+    teacher_temp: float = declared("(0, inf)")         # after the warm-up
+    warmup_teacher_temp: float = declared("(0, inf)")  # at epoch 0
+    warmup_teacher_temp_epochs: int = declared("[0, inf)")
+    center_momentum: float = declared("[0, 1]")
 
 
 @register
@@ -120,11 +121,6 @@ class DINO(Method):
         check_momentum_order(cfg)
         require(view_sizes[0] == view_sizes[1], "augment.groups", "views 1 and 2",
                 "DINO's teacher sees the first two views, the global crops: give them one size")
-        lc = cfg.loss
-        for key in ("student_temp", "teacher_temp", "warmup_teacher_temp"):
-            require(lc[key] > 0, f"loss.{key}", lc[key], "needs > 0")
-        require(0 <= lc.center_momentum < 1, "loss.center_momentum", lc.center_momentum,
-                "needs 0 <= m < 1")
 
     def after_backward(self, now) -> None:
         if self.clip_grad > 0:              # DINO's clip_gradients: each parameter on its own

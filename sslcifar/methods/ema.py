@@ -10,9 +10,9 @@ import copy
 from dataclasses import dataclass
 
 import torch
-from omegaconf import MISSING
 from torch import nn
 
+from ..ranges import declared
 from ..schedule import cosine_scheduler
 from .base import require
 
@@ -43,8 +43,8 @@ def update_targets(method, momentum: float) -> None:
 class CosineMomentumConfig:
     """The EMA momentum on BYOL's cosine, base_momentum at step 0 rising to final_momentum
     (BYOL, MoCo v3, DINO)."""
-    base_momentum: float = MISSING        # tau at step 0 (0.99 in solo-learn's CIFAR recipes)
-    final_momentum: float = MISSING       # tau at the step after the last (1)
+    base_momentum: float = declared("[0, 1]")        # tau at step 0 (0.99 in solo-learn's CIFAR recipes)
+    final_momentum: float = declared("[0, 1]")       # tau at the step after the last (1)
 
 
 def cosine_momentum(cfg, total_steps: int) -> torch.Tensor:
@@ -57,7 +57,7 @@ def cosine_momentum(cfg, total_steps: int) -> torch.Tensor:
 
 
 def check_momentum_order(cfg) -> None:
-    """0 <= base_momentum <= final_momentum <= 1."""
+    """base_momentum <= final_momentum (each in [0, 1]: its declared range)."""
     m = cfg.method
-    require(0 <= m.base_momentum <= m.final_momentum <= 1, "method.base_momentum",
-            m.base_momentum, f"needs 0 <= base_momentum <= final_momentum ({m.final_momentum}) <= 1")
+    require(m.base_momentum <= m.final_momentum, "method.base_momentum", m.base_momentum,
+            f"needs <= method.final_momentum ({m.final_momentum})")

@@ -12,15 +12,16 @@ from .. import distributed as dist
 from ..distributed import gather_with_grad
 from ..errors import UserError
 from ..losses import gradient_penalty, nt_xent
+from ..ranges import declared
 from .base import register, require
 from .simclr import NTXentConfig, SimCLR, SimCLRConfig
 
 
 @dataclass
 class InvCLRConfig(SimCLRConfig):
-    gp_weight: float = MISSING        # lambda
-    gp_upper_limit: float = MISSING   # the penalty is clamped at this value
-    gp_samples: int = MISSING         # M fresh draws of the nuisance parameters (100)
+    gp_weight: float = declared("[0, inf)")        # lambda
+    gp_upper_limit: float = declared("(0, inf)")   # the penalty is clamped at this value
+    gp_samples: int = declared("[1, inf)")         # M fresh draws of the nuisance parameters (100)
     gp_normalize: bool = MISSING      # differentiate h / ||h|| (the original's default)
 
 
@@ -49,10 +50,6 @@ class InvCLR(SimCLR):
     @classmethod
     def check_config(cls, cfg, view_sizes) -> None:
         super().check_config(cfg, view_sizes)
-        m = cfg.method
-        require(m.gp_weight >= 0, "method.gp_weight", m.gp_weight, "needs >= 0")
-        require(m.gp_samples >= 1, "method.gp_samples", m.gp_samples, "needs >= 1")
-        require(m.gp_upper_limit > 0, "method.gp_upper_limit", m.gp_upper_limit, "needs > 0")
         if cfg.dataset.name != "spirograph":
             require(cfg.augment.jitter_p > 0, "augment.jitter_p", cfg.augment.jitter_p,
                     "method=invclr penalises the colour jitter's factors: needs > 0")

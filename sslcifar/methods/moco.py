@@ -10,17 +10,18 @@ from torch import nn
 from .. import distributed as dist
 from ..losses import moco_infonce
 from ..models import split_batchnorm
+from ..ranges import declared
 from .base import Method, ProjectorConfig, TemperatureConfig, register, require
 from .ema import frozen_copy
 
 
 @dataclass
 class MoCoConfig(ProjectorConfig):
-    queue_size: int = MISSING        # K: negatives kept in the queue (moco.py: moco_k)
-    momentum: float = MISSING        # m: EMA coefficient of the key encoder (moco.py: moco_m)
+    queue_size: int = declared("[1, inf)")        # K: negatives kept in the queue (moco.py: moco_k)
+    momentum: float = declared("[0, 1]")        # m: EMA coefficient of the key encoder (moco.py: moco_m)
     symmetric: bool = MISSING        # symmetrised loss (both views as queries), summed
     shuffle_bn: bool = MISSING       # shuffle the key batch (across ranks; within it on one process)
-    bn_splits: int = MISSING         # backbone BatchNorm statistics per group of batch/bn_splits
+    bn_splits: int = declared("[1, inf)")         # backbone BatchNorm statistics per group of batch/bn_splits
                                      # images (MoCo CIFAR demo: 8, one GPU acting as 8)
 
 
@@ -35,6 +36,7 @@ class MoCo(Method):
     loss_name = "moco_infonce"
     Config = MoCoConfig
     Loss = MoCoInfoNCEConfig
+    preset = "moco_v2_cifar10"
     # as MoCo's builder: the key encoder's momentum update, then the keys, at each step
     ema_timing = "before_forward"
 
@@ -79,8 +81,6 @@ class MoCo(Method):
         keys_per_step = cfg.batch_size * (2 if m.symmetric else 1)
         require(m.queue_size >= keys_per_step, "moco_k (method.queue_size)", m.queue_size,
                 f"needs >= the keys enqueued per step ({keys_per_step})")
-        require(m.bn_splits >= 1, "method.bn_splits", m.bn_splits, "needs >= 1 (1 = plain BatchNorm)")
-        require(0 <= m.momentum <= 1, "moco_m (method.momentum)", m.momentum, "needs 0 <= m <= 1")
 
     @classmethod
     def check_data(cls, cfg, source, world: int) -> None:

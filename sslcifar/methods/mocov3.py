@@ -4,18 +4,18 @@ and scaled by 2T, as the MoCo v3 code."""
 from dataclasses import dataclass
 
 import torch
-from omegaconf import MISSING
 
 from ..distributed import gather, gather_with_grad
 from ..losses import mocov3_infonce
 from ..models import projection_mlp
+from ..ranges import declared
 from .base import Method, ProjectorConfig, TemperatureConfig, register
 from .ema import CosineMomentumConfig, check_momentum_order, cosine_momentum, frozen_copy
 
 
 @dataclass
 class MoCoV3Config(ProjectorConfig, CosineMomentumConfig):
-    pred_hidden_dim: int = MISSING        # the predictor: proj_out_dim -> this -> proj_out_dim
+    pred_hidden_dim: int = declared("[1, inf)")        # the predictor: proj_out_dim -> this -> proj_out_dim
 
 
 @dataclass

@@ -7,12 +7,13 @@ from omegaconf import MISSING
 from ..distributed import gather_with_grad
 from ..losses import simsiam
 from ..models import projection_mlp
+from ..ranges import declared
 from .base import LossConfig, Method, ProjectorConfig, register
 
 
 @dataclass
 class SimSiamConfig(ProjectorConfig):
-    pred_hidden_dim: int = MISSING        # the predictor's bottleneck (512 for a 2048 projection)
+    pred_hidden_dim: int = declared("[1, inf)")        # the predictor's bottleneck (512 for a 2048 projection)
     fixed_predictor_lr: bool = MISSING    # the predictor at the base lr at every step
 
 

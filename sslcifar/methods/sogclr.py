@@ -2,11 +2,11 @@
 whose per-sample estimator u is indexed by dataset index."""
 from dataclasses import dataclass
 
-from omegaconf import MISSING
 
 from ..distributed import gather, gather_with_grad
 from ..losses import SogCLRLoss
-from .base import Method, ProjectorConfig, TemperatureConfig, register, require
+from ..ranges import declared
+from .base import Method, ProjectorConfig, TemperatureConfig, register
 
 
 @dataclass
@@ -16,8 +16,8 @@ class SogCLRConfig(ProjectorConfig):
 
 @dataclass
 class SogCLRLossConfig(TemperatureConfig):
-    gamma: float = MISSING            # weight of the new estimate in the moving average u
-    branch: str = MISSING             # cifar | imagenet: the original code's first-visit rule (losses/sogclr.py)
+    gamma: float = declared("(0, 1]")            # weight of the new estimate in the moving average u
+    branch: str = declared(choices=SogCLRLoss.BRANCHES)             # cifar | imagenet: the original code's first-visit rule (losses/sogclr.py)
 
 
 @register
@@ -39,13 +39,6 @@ class SogCLR(Method):
         projector = cls.make_projector(backbone.num_features, cfg.method)
         lc = cfg.loss
         return cls(backbone, projector, SogCLRLoss(num_train, lc.gamma, lc.temperature, lc.branch))
-
-    @classmethod
-    def check_config(cls, cfg, view_sizes) -> None:
-        super().check_config(cfg, view_sizes)
-        require(0 < cfg.loss.gamma <= 1, "loss.gamma", cfg.loss.gamma, "needs 0 < gamma <= 1")
-        require(cfg.loss.branch in SogCLRLoss.BRANCHES, "loss.branch", cfg.loss.branch,
-                "use cifar or imagenet")
 
     def forward(self, batch) -> dict:
         b = batch.views[0].shape[0]

@@ -6,6 +6,7 @@ from omegaconf import MISSING
 
 from ..distributed import gather, gather_with_grad
 from ..losses import supcon
+from ..ranges import declared
 from .base import Method, ProjectorConfig, TemperatureConfig, register
 
 
@@ -16,7 +17,7 @@ class SupConConfig(ProjectorConfig):
 
 @dataclass
 class SupConLossConfig(TemperatureConfig):
-    base_temperature: float = MISSING     # the loss is scaled by temperature / base_temperature
+    base_temperature: float = declared("(0, inf)")     # the loss is scaled by temperature / base_temperature
     # an anchor without a positive (one view, a class seen once): false counts it with 0 in
     # the mean, as SupContrast's SupConLoss; true leaves it out of the mean
     skip_anchors_without_positive: bool = MISSING

@@ -5,11 +5,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from omegaconf import MISSING
 from torch import nn
 
 from ..distributed import gather_with_grad
 from ..losses import swav_loss
+from ..ranges import declared
 from .base import LossConfig, Method, ProjectorConfig, register, require
 
 ASSIGN = (0, 1)       # crops_for_assign: the two global crops
@@ -17,17 +17,17 @@ ASSIGN = (0, 1)       # crops_for_assign: the two global crops
 
 @dataclass
 class SwAVConfig(ProjectorConfig):
-    num_prototypes: int = MISSING             # K
-    freeze_prototypes_epochs: float = MISSING  # prototypes get no update for this long
-    queue_size: int = MISSING                 # embeddings kept per assignment crop (0: no queue)
-    queue_start_epoch: int = MISSING          # the queue is filled from this epoch, used once full
+    num_prototypes: int = declared("[1, inf)")             # K
+    freeze_prototypes_epochs: float = declared("[0, inf)")  # prototypes get no update for this long
+    queue_size: int = declared("[0, inf)")                 # embeddings kept per assignment crop (0: no queue)
+    queue_start_epoch: int = declared("[0, inf)")          # the queue is filled from this epoch, used once full
 
 
 @dataclass
 class SwAVLossConfig(LossConfig):
-    temperature: float = MISSING
-    epsilon: float = MISSING                  # Sinkhorn's entropy regularisation
-    sinkhorn_iterations: int = MISSING
+    temperature: float = declared("(0, inf)")
+    epsilon: float = declared("(0, inf)")                  # Sinkhorn's entropy regularisation
+    sinkhorn_iterations: int = declared("[1, inf)")
 
 
 @register
@@ -62,11 +62,9 @@ class SwAV(Method):
     @classmethod
     def check_config(cls, cfg, view_sizes) -> None:
         super().check_config(cfg, view_sizes)
-        require(cfg.method.queue_size >= 0, "method.queue_size", cfg.method.queue_size, "needs >= 0")
         if cfg.method.queue_size:
             require(cfg.method.queue_size % cfg.batch_size == 0, "method.queue_size",
                     cfg.method.queue_size, f"must be a multiple of batch_size ({cfg.batch_size})")
-        require(cfg.loss.epsilon > 0, "loss.epsilon", cfg.loss.epsilon, "needs > 0")
 
     @classmethod
     def schedules(cls, cfg, total_steps, steps_per_epoch):

@@ -2,10 +2,10 @@
 decorrelation of each view's embedding, over the *global* batch."""
 from dataclasses import dataclass
 
-from omegaconf import MISSING
 
 from ..distributed import gather_with_grad
 from ..losses import vicreg
+from ..ranges import declared
 from .base import LossConfig, Method, ProjectorConfig, register
 
 
@@ -16,9 +16,9 @@ class VICRegConfig(ProjectorConfig):
 
 @dataclass
 class VICRegLossConfig(LossConfig):
-    sim_coeff: float = MISSING        # invariance (MSE) weight
-    std_coeff: float = MISSING        # variance weight
-    cov_coeff: float = MISSING        # covariance weight
+    sim_coeff: float = declared("[0, inf)")        # invariance (MSE) weight
+    std_coeff: float = declared("[0, inf)")        # variance weight
+    cov_coeff: float = declared("[0, inf)")        # covariance weight
 
 
 @register
