@@ -83,6 +83,12 @@ def load(path: Path, map_location="cpu") -> dict:
     path = Path(path)
     if not path.exists():
         raise UserError(f"checkpoint {path} does not exist")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    # torch.save writes a zip archive; checkpoints of old PyTorch versions, a raw pickle
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
+        raise UserError(f"{path} is not a PyTorch checkpoint (it starts with {head!r}). Fix: "
+                        f"pretrained= a checkpoint file (.pt, .pth, .pth.tar) or a run directory")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:          # noqa: BLE001 -- damaged bytes raise many types
@@ -173,7 +179,8 @@ class RunState:
             self.probe.load_state_dict(saved["probe"])
             self.probe.opt.load_state_dict(saved["probe_optimizer"])
         # a row of a run stopped mid-epoch by max_steps is redone when the epoch ends
-        self.metrics.restore([r for r in saved.get("metrics", []) if not r.get("partial")])
+        self.metrics.restore([r for r in saved.get("metrics", []) if not r.get("partial")],
+                             step=int(saved["step"]))
         for k, v in saved.get("meters", {}).items():
             self.meters[k] = v.to(self.meters["seen"].device)
         torch.set_rng_state(saved["rng"]["torch"])

@@ -29,7 +29,38 @@ def run_command(config_name: str, task, aliases=None, pin_run_dir: bool = False)
     @report_user_errors
     def main(cfg):
         return task(cfg)
-    main()
+    if not any(a in ("-m", "--multirun") for a in sys.argv[1:]):
+        main()
+        return
+    # a sweep: Hydra would print a traceback for a job that failed (launchers re-raise its
+    # error here); say which error it was and where the whole sweep's status is
+    import os
+    import time
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    started = time.time()
+    try:
+        main()
+    except Exception as e:          # noqa: BLE001 -- a job's error, of any type
+        line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if not isinstance(e, UserError):
+            line = f"{type(e).__name__}: {line}"
+        print(f"error: a job of the sweep failed: {line}. Fix: see that job's folder; every "
+              f"job's status: python -m sslcifar.report {_sweep_dir(config_name, started)}",
+              file=sys.stderr, flush=True)
+        sys.exit(1)
+
+
+def _sweep_dir(config_name: str, since: float) -> str:
+    """The sweep's folder: hydra.sweep.dir from the command line, else the newest folder
+    Hydra made under outputs/multirun/<command>/ since the launch."""
+    from pathlib import Path
+    given = [a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("hydra.sweep.dir=")]
+    if given:
+        return given[-1]
+    made = [d for d in (Path("outputs") / "multirun" / config_name).glob("*")
+            if d.is_dir() and d.stat().st_mtime >= since - 1]
+    return str(max(made, key=lambda d: d.stat().st_mtime)) if made else \
+        f"outputs/multirun/{config_name}/<date>_<time>"
 
 
 def pretrain(config_name: str) -> None:
@@ -87,6 +118,10 @@ def report_user_errors(fn):
                 # cluster without sacct would wait for it forever. Raise: submitit records it.
                 raise
             sys.exit(2)
+        except KeyboardInterrupt:       # training: the second Ctrl-C (the first saves and stops)
+            print("error: interrupted (Ctrl-C): stopped at once; what was saved before is kept",
+                  file=sys.stderr, flush=True)
+            sys.exit(130)
     return wrapper
 
 
@@ -169,6 +204,12 @@ def composition_error(e: Exception, args) -> str:
         group = full.split(".")[0]
         return (f"{where} sets {full}, which this {group} ({schema}) does not have. Fix: choose "
                 f"a {group} that has it, or leave out {where}")
+    tilde = next((a for a in args if "=~" in a or "=[~" in a), None)
+    if tilde and ("LexerNoViableAlt" in text or "token recognition" in text):
+        key, _, value = tilde.partition("=")
+        return (f"{tilde}: an unquoted ~ is not expanded here (Hydra reads ~ as a deletion). "
+                f"Fix: {key}=$HOME{value[1:]}, or quote it: '{key}=\"{value}\"' (a path's ~ is "
+                f"expanded when read)")
     if text.startswith("Ambiguous value"):
         arg = re.search(r"argument '([^']+)'", text)
         return (f"{arg.group(1) if arg else 'an override'} lists several values. Fix: add -m to "

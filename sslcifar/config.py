@@ -218,6 +218,10 @@ MOCO_ALIASES = {"moco_k": "method.queue_size", "moco_t": "loss.temperature",
 # Keys that moved: the fix names where they went.
 MOVED = {"method.num_views": "augment.groups.0.count (views come from the augmentation's view "
                              "groups; e.g. augment.groups.0.count=3)",
+         # SimCLR-CIFAR10's linear evaluation: which epoch's checkpoint to evaluate
+         "load_epoch": "pretrained=RUN_DIR/checkpoints/epoch_N.pt (SimCLR-CIFAR10's load_epoch: "
+                       "which checkpoint to evaluate; pretraining keeps epoch_N.pt every N epochs "
+                       "with checkpoint_every=N)",
          **{k: f"{v} (under method=moco: moco.py, or simclr.py method=moco)"
             for k, v in MOCO_ALIASES.items()}}
 
@@ -228,9 +232,24 @@ def unknown_key(full_key: str, known, fix_otherwise: str = "`--cfg job` prints e
     if full_key in MOVED:
         return f"{full_key} is not a config key. Fix: use {MOVED[full_key]}"
     parent, _, name = full_key.rpartition(".")
+    owners = _methods_with(parent, name)
+    if owners:          # a key of another method's schema: name the methods that have it
+        return (f"{full_key} is not a key of the chosen method. Fix: {full_key} belongs to "
+                f"{', '.join(f'method={m}' for m in owners)}: choose one of them "
+                f"(python simclr.py method={owners[0]} {full_key}=...)")
     close = difflib.get_close_matches(name, list(known), n=1)
     fix = f"use {parent + '.' if parent else ''}{close[0]}" if close else fix_otherwise
     return f"{full_key} is not a config key. Fix: {fix}"
+
+
+def _methods_with(group: str, key: str):
+    """The registered methods whose `method` (group "method") or `loss` schema has `key`."""
+    if group not in ("method", "loss"):
+        return []
+    import dataclasses
+    from .methods import METHODS
+    return sorted(name for name, cls in METHODS.items()
+                  if key in {f.name for f in dataclasses.fields(cls.Config if group == "method" else cls.Loss)})
 
 
 def check_known_keys(cfg, prefix: str = "") -> None:

@@ -45,6 +45,7 @@ from torch import nn
 from .data.sources import build_source
 from .errors import UserError
 from .knn import r2_scores
+from .metrics import progress_enabled
 from .distributed import pick_device
 from .features import extract
 from .paths import config_dir
@@ -226,7 +227,7 @@ def fit_sgd(backbone: nn.Module, source, index: torch.Tensor, labels: torch.Tens
         perm = torch.randperm(n, generator=g, device=device)
         backbone.train(cfg.finetune)            # frozen: eval mode (running BN statistics)
         bar = tqdm(range(steps_per_epoch), desc=f"linear epoch {epoch}", leave=False,
-                   disable=not cfg.progress, dynamic_ncols=True)
+                   disable=not progress_enabled(cfg.progress), dynamic_ncols=True)
         loss_sum = torch.zeros((), device=device)
         for i in bar:
             sel = perm[i * bs:(i + 1) * bs]
@@ -416,9 +417,15 @@ def linear_eval(cfg, run_dir: Optional[Path] = None) -> dict:
     t0 = time.perf_counter()
     enc = load_encoder(cfg)
     log.info("encoder: %s", enc.describe)
-    if enc.config is not None and enc.config.get("dataset", {}).get("name") != cfg.dataset.name:
+    pretrained_on = (enc.config or {}).get("dataset", {})
+    if enc.config is not None and pretrained_on.get("name") != cfg.dataset.name:
         log.warning("the encoder was pretrained on %s; evaluating on dataset=%s",
-                    enc.config.get("dataset", {}).get("name"), cfg.dataset.name)
+                    pretrained_on.get("name"), cfg.dataset.name)
+    elif pretrained_on.get("root") and not _given("dataset.root") \
+            and pretrained_on["root"] != cfg.dataset.root:
+        # the same data set: read it where the pretraining run read it, unless told otherwise
+        log.info("dataset.root=%s (the pretraining run's)", pretrained_on["root"])
+        cfg.dataset.root = pretrained_on["root"]
     # transformed inputs and the invariance measure need sources that make views
     views = cfg.inputs == "transformed" or cfg.invariance_images > 0
     train_src = build_source(cfg, "train", device, augment=cfg.inputs == "transformed")
@@ -442,6 +449,12 @@ def linear_eval(cfg, run_dir: Optional[Path] = None) -> dict:
     return result
 
 
+def _given(key: str) -> bool:
+    """Whether the command line set `key`."""
+    from .resume import current_overrides
+    return any(o.lstrip("+~").startswith(f"{key}=") for o in current_overrides())
+
+
 def evaluate_encoder(backbone: nn.Module, cfg, train_src, test_src, device):
     """The protocol of cfg on an encoder (frozen unless cfg.finetune) and the two splits'
     sources. Returns (the result dict of linear_eval.json, the class names). The training
@@ -459,7 +472,8 @@ def evaluate_encoder(backbone: nn.Module, cfg, train_src, test_src, device):
 
     def features(src, index, desc):
         if cfg.inputs == "untransformed":
-            return extract(backbone, src, index, cfg.batch_size, progress=cfg.progress, desc=desc)
+            return extract(backbone, src, index, cfg.batch_size,
+                           progress=progress_enabled(cfg.progress), desc=desc)
         return averaged_features(backbone, src, index, cfg.batch_size, cfg.passes, cfg.seed)
 
     # the SGD recipe needs the un-augmented training features only to standardise

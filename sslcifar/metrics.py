@@ -1,5 +1,6 @@
-"""Run outputs: metrics.jsonl (one JSON object per epoch), TensorBoard scalars and,
-with wandb=true, the same scalars and figures in Weights & Biases.
+"""Run outputs: metrics.jsonl (one JSON object per epoch), steps.jsonl (the loss and lr of
+each log step), TensorBoard scalars and, with wandb=true, the same scalars and figures in
+Weights & Biases.
 
 The history of rows also travels inside each checkpoint, so that a resumed
 run rewrites metrics.jsonl to exactly what the checkpoint had seen: no
@@ -48,6 +49,7 @@ class MetricsLog:
     def __init__(self, run_dir: Path, tensorboard: bool, enabled: bool = True,
                  wandb: Optional[WandbRun] = None):
         self.path = Path(run_dir) / "metrics.jsonl"
+        self.steps_path = Path(run_dir) / "steps.jsonl"
         self.rows: List[dict] = []
         self.enabled = enabled
         self.tb = None
@@ -56,11 +58,24 @@ class MetricsLog:
             from torch.utils.tensorboard import SummaryWriter
             self.tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
 
-    def restore(self, rows: List[dict]) -> None:
-        """Resume: the file becomes the checkpoint's history."""
+    def restore(self, rows: List[dict], step: Optional[int] = None) -> None:
+        """Resume: metrics.jsonl becomes the checkpoint's history, and steps.jsonl loses the
+        log steps after `step` (those of an attempt that did not reach a checkpoint)."""
         self.rows = list(rows)
+        if not self.enabled:
+            return
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in self.rows))
+        if step is not None and self.steps_path.exists():
+            kept = [r for r in read_metrics(self.steps_path) if r.get("step", 0) <= step]
+            self.steps_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+    def log_step(self, step: int, loss: float, lr: float) -> None:
+        """A log step's loss and lr: steps.jsonl (the curves' per-step lines), TensorBoard
+        and W&B."""
         if self.enabled:
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in self.rows))
+            with open(self.steps_path, "a") as f:
+                f.write(json.dumps({"step": step, "loss": loss, "lr": lr}) + "\n")
+        self.scalars({"train/loss": loss, "train/lr": lr}, step)
 
     def write(self, row: Dict[str, float]) -> None:
         row = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
@@ -99,6 +114,14 @@ class MetricsLog:
             self.wandb.close()
 
 
+def progress_enabled(flag: bool) -> bool:
+    """Progress bars only where someone watches them: with `progress=true` and stderr a
+    terminal (in a log file, a SLURM job's or a redirected one, their carriage-return
+    updates would pile up; the epoch's log line says the same once)."""
+    import sys
+    return bool(flag) and sys.stderr.isatty()
+
+
 def read_metrics(path: Path) -> List[dict]:
     path = Path(path)
     if not path.exists():
@@ -131,12 +154,13 @@ def new_meters(device) -> dict:
 def epoch_row(epoch: int, step: int, meters: dict, lr: float, images_per_s: float,
               has_probe: bool) -> dict:
     """The metrics.jsonl row of an epoch: mean loss and every method metric, lr, speed,
-    online probe top-1."""
+    the online probe's top-1 on the training batches."""
     n = max(meters["seen"].item(), 1)
     row = {"epoch": epoch, "step": step, "loss": meters["loss_sum"].item() / n, "lr": lr,
            "images_per_s": images_per_s}
     if has_probe:
-        row["online_top1"] = 100.0 * meters["probe_correct"].item() / max(meters["probe_seen"].item(), 1)
+        # the probe's accuracy on the augmented training batches, before each of its updates
+        row["online_train_top1"] = 100.0 * meters["probe_correct"].item() / max(meters["probe_seen"].item(), 1)
     for k, v in meters.items():
         if k not in ("loss_sum", "seen", "probe_correct", "probe_seen"):
             row[k] = v.item() / n

@@ -1,5 +1,8 @@
 """The online probe: a linear classifier trained on detached backbone features alongside
-pretraining (the `online_top1` of solo-learn's tables), with its own optimizer."""
+pretraining, with its own optimizer. Its accuracy on the training batches is logged as
+`online_train_top1`; on the test split, at each end-of-epoch evaluation, as
+`online_test_top1` (what solo-learn's tables report as "online linear": its online
+classifier on the validation set)."""
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -28,3 +31,9 @@ class OnlineProbe(nn.Module):
         loss.backward()
         self.opt.step()
         return ((logits.argmax(1) == labels) & labelled).sum(), count
+
+    @torch.no_grad()
+    def accuracy(self, features: torch.Tensor, labels: torch.Tensor) -> float:
+        """Top-1 (%) on features [N, F] of labelled images (labels [N])."""
+        correct = (self.fc(features.float()).argmax(1) == labels).float()
+        return 100.0 * correct.mean().item()

@@ -40,7 +40,8 @@ import yaml
 from .events import last_event, read_events
 from .metrics import read_metrics
 
-METRICS = ("loss", "knn_top1", "knn_r2", "online_top1", "linear_top1", "linear_r2")
+METRICS = ("loss", "knn_top1", "knn_r2", "online_test_top1", "online_train_top1", "linear_top1",
+           "linear_r2", "test_top1")
 RESULT_COLUMNS = ("step", *METRICS, "epochs_done", "restarts", "wall_s", "status")
 
 # the last line of a failure: a user error, a Python exception, SLURM killing the job
@@ -204,7 +205,8 @@ def job_row(job: Path, name: Optional[str] = None) -> dict:
     for key in METRICS:
         if final.get(key) is not None:
             res[key] = final[key]
-    for key in ("knn_top1", "knn_r2", "online_top1"):   # mid-run: the latest value measured
+    for key in ("knn_top1", "knn_r2", "online_test_top1", "online_train_top1", "test_top1"):
+        # mid-run: the latest value measured
         if key not in res:
             values = [r[key] for r in rows if r.get(key) is not None]
             if values:
@@ -361,7 +363,7 @@ def main(argv=None) -> None:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dirs", nargs="+", type=Path, help="sweep (multirun) directories")
     p.add_argument("--metric", default=None,
-                   help="y axis: knn_top1, knn_r2, online_top1, linear_top1, loss ... "
+                   help="y axis: knn_top1, knn_r2, online_test_top1, linear_top1, loss ... "
                         "(default: the first of knn_top1, knn_r2, loss that some job has)")
     p.add_argument("--x", default=None,
                    help="override key on the x axis (default: loss.temperature if swept, "

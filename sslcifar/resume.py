@@ -90,30 +90,68 @@ def requeued() -> int:
     return int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
 
 
+class EvaluationInterrupted(Exception):
+    """A stop signal arrived while the run was evaluating (kNN, linear probe, figures)."""
+
+
 class StopRequest:
-    """Set by SIGUSR2/SIGTERM (SLURM's warning before a time limit or preemption):
-    the loop saves a checkpoint at the next step and exits for requeue."""
+    """The signals that stop a run: SIGUSR2/SIGTERM (SLURM's warning before a time limit or
+    preemption) and SIGINT (Ctrl-C). The loop saves a checkpoint at the next step and
+    exits (for requeue; exit 130 after Ctrl-C). A signal that arrives while the run
+    evaluates (`with stop.evaluation():`) interrupts the evaluation at once, and a second
+    Ctrl-C aborts at once (KeyboardInterrupt), saving nothing more."""
 
     def __init__(self):
         self.signum: Optional[int] = None
         self.previous = {}
+        self._evaluating = False
 
     def install(self) -> None:
         import signal
-        for sig in (signal.SIGUSR2, signal.SIGTERM):
+        for sig in (signal.SIGUSR2, signal.SIGTERM, signal.SIGINT):
             try:
                 self.previous[sig] = signal.signal(sig, self._handle)
             except ValueError:          # not the main thread: leave signals alone
                 pass
 
+    @property
+    def interrupted(self) -> bool:
+        """Stopped by Ctrl-C (not by the cluster)."""
+        import signal
+        return self.signum == signal.SIGINT
+
     def _handle(self, signum, frame):
-        self.signum = signum
+        import signal
+        if signum == signal.SIGINT and self.signum == signal.SIGINT:
+            raise KeyboardInterrupt          # the second Ctrl-C: stop now
+        if self.signum is None:
+            self.signum = signum
+        if self._evaluating:
+            raise EvaluationInterrupted()
+
+    def evaluation(self, interruptible: bool = True):
+        """A block during which a stop signal interrupts at once (EvaluationInterrupted)
+        instead of waiting for the next step. With several processes keep it off
+        (interruptible=False): the ranks must stop together, at a step they agree on."""
+        from contextlib import contextmanager
+
+        @contextmanager
+        def block():
+            if interruptible and self.signum is not None:
+                raise EvaluationInterrupted()
+            self._evaluating = interruptible
+            try:
+                yield
+            finally:
+                self._evaluating = False
+        return block()
 
     def forward_to_previous(self) -> None:
-        """Hand the signal to whoever listened before us (submitit requeues the job)."""
+        """Hand the signal to whoever listened before us (submitit requeues the job);
+        not Ctrl-C's, whose default handler would raise KeyboardInterrupt."""
         import signal
         prev = self.previous.get(self.signum)
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
-        if callable(prev):
+        if callable(prev) and self.signum != signal.SIGINT:
             prev(self.signum, None)

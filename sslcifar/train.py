@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Dict
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from . import checkpoint as ckpt
@@ -35,16 +36,18 @@ from .data.loader import build_batches
 from .data.sources import build_source
 from .errors import UserError
 from .events import Events
-from .knn import knn_evaluate
+from .features import extract
+from .knn import knn_scores
 from .methods import build_method
-from .metrics import MetricsLog, WandbRun, epoch_row, new_meters
+from .metrics import MetricsLog, WandbRun, epoch_row, new_meters, progress_enabled
 from .models import resolve_stem
 from .optim import build_optimizer, scaled_lr
 from .probe import OnlineProbe
-from .resume import StopRequest, check_same_config, current_overrides, requeued
+from .resume import EvaluationInterrupted, StopRequest, check_same_config, current_overrides, requeued
 from .schedule import Schedules, cosine_scheduler
 from .step import check_schedules, train_step
-from .validate import check_disk_space, check_writable, validate_config, validate_data
+from .validate import (check_disk_space, check_writable, schedule_warnings, validate_config,
+                       validate_data)
 from .version import code_version
 
 log = logging.getLogger("sslcifar")
@@ -54,6 +57,11 @@ DONE = "done.json"
 
 class Diverged(UserError):
     """The loss became NaN or infinite."""
+
+
+class Stopped(SystemExit):
+    """The run stopped on a signal after saving: exit 0 for the cluster's (SIGUSR2/SIGTERM,
+    so submitit requeues), 130 for Ctrl-C."""
 
 
 @dataclass
@@ -103,17 +111,25 @@ def train(cfg) -> Dict[str, float]:
     validate_config(cfg)
     run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir()
     if (run_dir / DONE).exists() and (cfg.resume or requeued()):
+        done = json.loads((run_dir / DONE).read_text())
+        if cfg.resume and done.get("epochs", cfg.epochs) != cfg.epochs:
+            raise UserError(f"{run_dir} finished its {done['epochs']} epochs (done.json); "
+                            f"resume=true does not extend a finished run (its schedules ended "
+                            f"with it). Fix: start a new run with epochs={cfg.epochs} (drop "
+                            f"resume=true and hydra.run.dir); the finished encoder is "
+                            f"{run_dir}/checkpoints/last.pt")
         log.info("%s: this run already finished; not running it again", run_dir)
-        return json.loads((run_dir / DONE).read_text())
+        return done
     run = None
     try:
         run = set_up(cfg, run_dir)
+        redo_interrupted_evaluation(run)
         while run.state.step < run.last_step:
             steps, seconds = one_epoch(run)
             end_of_epoch(run, steps, seconds)
         return finish(run)
     except BaseException as e:      # the event says why the run ended; the error propagates
-        if not (isinstance(e, SystemExit) and not e.code):     # exit 0: stopped for requeue
+        if not isinstance(e, Stopped):          # a signal's stop has its own event
             events = run.events if run is not None else Events(run_dir, enabled=dist.rank() == 0)
             events.write("failed", step=run.state.step if run is not None else 0,
                          error=_one_line(e))
@@ -197,6 +213,8 @@ def set_up(cfg, run_dir: Path) -> Run:
               scaler, autocast, StopRequest(), Events(run_dir, enabled=is_main))
     resume(run)
     if is_main:
+        for warning in schedule_warnings(cfg):
+            log.warning(warning)
         log.info("%s | %s-%s w%d | %s %d train images, %s | batch %d x %d steps/epoch | "
                  "lr %.4g | %s %s | %d process(es)", cfg.method.name, cfg.backbone.name,
                  resolve_stem(cfg.backbone.stem, cfg.dataset.size), cfg.backbone.width,
@@ -303,7 +321,7 @@ def one_epoch(run: Run):
             if bar is not None:
                 bar.update(len(pending) * cfg.batch_size)
                 bar.set_postfix(loss=f"{pending[-1].item():.4f}", lr=f"{lrs[step - 1]:.4g}")
-            state.metrics.scalars({"train/loss": pending[-1].item(), "train/lr": lrs[step - 1]}, step)
+            state.metrics.log_step(step, pending[-1].item(), lrs[step - 1])
             pending = []
         if stopping:
             _stop_for_requeue(run)
@@ -314,19 +332,25 @@ def one_epoch(run: Run):
     return state.step - epoch * run.steps_per_epoch - start, time.perf_counter() - t0
 
 
-def _stop_for_requeue(run: Run) -> None:
-    """A signal (SLURM's warning before a time limit or preemption): all ranks stop at this
-    step, save, and exit; the signal goes on to whoever listened before (submitit requeues)."""
+def _stop_for_requeue(run: Run, saved: bool = False) -> None:
+    """A signal: all ranks stop at this step, save (unless just `saved`) and exit. SLURM's
+    warning before a time limit or preemption goes on to whoever listened before (submitit
+    requeues); Ctrl-C ends the command with exit status 130."""
     import signal
     signum = run.stop.signum
-    if run.is_main:
-        log.warning("signal %s received at step %d: saving a checkpoint and stopping for "
-                    "requeue", signum or "(on another rank)", run.state.step)
-    run.save()
-    run.events.write("stopped", step=run.state.step, reason="signal",
-                     signal=signal.Signals(signum).name if signum else None)
+    name = signal.Signals(signum).name if signum else None
+    if not saved:
+        run.save()
+    run.events.write("stopped", step=run.state.step, reason="signal", signal=name)
+    if run.is_main and run.stop.interrupted:
+        log.warning("Ctrl-C at step %d: checkpoint saved in %s; continue it with the same "
+                    "overrides and resume=true hydra.run.dir=%s (twice Ctrl-C: stop at once, "
+                    "nothing saved)", run.state.step, run.run_dir / "checkpoints", run.run_dir)
+    elif run.is_main:
+        log.warning("signal %s received at step %d: saved a checkpoint and stopped for "
+                    "requeue", name or "(on another rank)", run.state.step)
     run.stop.forward_to_previous()
-    raise SystemExit(0)
+    raise Stopped(130 if run.stop.interrupted else 0)
 
 
 # ---------------------------------------------------------------------- end of an epoch
@@ -344,10 +368,17 @@ def end_of_epoch(run: Run, steps_done: int, seconds: float) -> None:
     evaluate = last or (epoch_end and cfg.eval.knn_every > 0 and (epoch + 1) % cfg.eval.knn_every == 0)
     row = epoch_row(epoch, step, state.meters, run.schedules["lr"][step - 1],
                     cfg.batch_size * steps_done / seconds, state.probe is not None)
+    if "z_std" in row and getattr(state.method, "z_dim", None):
+        row["z_dim"] = state.method.z_dim           # z_std's reference: 1/sqrt(z_dim)
     if not epoch_end:
         row["partial"] = True       # stopped by max_steps mid-epoch; dropped on resume
     if evaluate:
-        row.update(_knn(cfg, state.method, run.train_src, run.test_src, run.is_main))
+        try:        # a stop signal here ends the evaluation at once (one process)
+            with run.stop.evaluation(interruptible=run.world == 1):
+                row.update(_evaluate(cfg, state.method, state.probe, run.train_src, run.test_src,
+                                     run.is_main))
+        except EvaluationInterrupted:
+            row["evaluation_interrupted"] = True        # measured again on resume
     if run.is_main:
         state.metrics.write(row)
         log.info("epoch %d step %d | %s", epoch, step, " ".join(
@@ -360,6 +391,21 @@ def end_of_epoch(run: Run, steps_done: int, seconds: float) -> None:
         ckpt.atomic_save(state.snapshot(), run.run_dir / "checkpoints" / f"epoch_{epoch + 1}.pt")
     if epoch_end:
         run.events.write("epoch_end", epoch=epoch, step=step)
+    if run.stop.signum is not None and run.world == 1:
+        _stop_for_requeue(run, saved=True)
+
+
+def redo_interrupted_evaluation(run: Run) -> None:
+    """A run stopped during an end-of-epoch evaluation resumes by measuring it again, so
+    its metrics are those of an uninterrupted run."""
+    rows = run.state.metrics.rows
+    if not (rows and rows[-1].pop("evaluation_interrupted", False)):
+        return
+    if rows[-1]["step"] == run.state.step:
+        rows[-1].update(_evaluate(run.cfg, run.state.method, run.state.probe, run.train_src,
+                                  run.test_src, run.is_main))
+    run.state.metrics.restore(rows)
+    run.save()
 
 
 # ---------------------------------------------------------------------- finish
@@ -370,7 +416,11 @@ def finish(run: Run) -> Dict[str, float]:
     cfg, state, run_dir = run.cfg, run.state, run.run_dir
     metrics, step = state.metrics, state.step
     if run.is_main and cfg.eval.linear and metrics.rows:
-        linear = _linear(cfg, state.method, run.train_src, run.test_src, run.device)
+        try:
+            with run.stop.evaluation(interruptible=run.world == 1):
+                linear = _linear(cfg, state.method, run.train_src, run.test_src, run.device)
+        except EvaluationInterrupted:       # resume=true evaluates it again
+            _stop_for_requeue(run, saved=True)
         metrics.rows[-1].update(linear)
         metrics.restore(metrics.rows)
         metrics.scalars({f"epoch/{k}": v for k, v in linear.items() if isinstance(v, float)}, step)
@@ -378,6 +428,7 @@ def finish(run: Run) -> Dict[str, float]:
                  " ".join(f"{k}={v:.4g}" for k, v in linear.items() if isinstance(v, float)))
     final = dict(metrics.rows[-1]) if metrics.rows else {"step": step}
     final["finished"] = step >= run.total_steps
+    final["epochs"] = cfg.epochs
     if run.is_main:
         final["code"] = code_version()
         if final["finished"]:
@@ -385,7 +436,13 @@ def finish(run: Run) -> Dict[str, float]:
             run.events.write("finished", step=step)
         else:       # max_steps: the report shows it stopped, not running; resume continues
             run.events.write("stopped", step=step, reason="max_steps")
-        _figures(cfg, run_dir, state.method, run.test_src)
+        try:
+            with run.stop.evaluation(interruptible=run.world == 1):
+                _figures(cfg, run_dir, state.method, run.test_src)
+        except EvaluationInterrupted:
+            log.warning("stopped while drawing the figures: the run is finished, its figures "
+                        "are not (python -m sslcifar.figures curves %s draws the curves)", run_dir)
+            raise Stopped(130 if run.stop.interrupted else 0) from None
         for name in ("curves", "tsne"):
             metrics.image(name, run_dir / f"{name}.png", step)
         summary = " ".join(f"{k}={v:.4f}" for k, v in final.items()
@@ -417,15 +474,20 @@ def _check_finite(pending, step, steps_per_epoch, ckpt_dir) -> None:
                            f"contrastive loss: raise loss.temperature), or use precision=fp32")
 
 
-def _knn(cfg, method, train_src, test_src, is_main) -> dict:
-    """kNN on the test split, plus the method's own test metrics where it has any
-    (the supervised baseline's classifier accuracy, `test_top1`)."""
+def _evaluate(cfg, method, probe, train_src, test_src, is_main) -> dict:
+    """The end-of-epoch evaluation on the test split, from one pass of features: kNN, the
+    online probe's top-1 (`online_test_top1`: what solo-learn's "online linear" is), and the
+    method's own test metrics where it has any (the supervised baseline's classifier)."""
     if not is_main and dist.world_size() > 1:
         return {}
-    row = knn_evaluate(method.backbone, train_src, test_src, cfg.eval.knn_k,
-                       cfg.eval.knn_temperature, cfg.eval.knn_max_train)
+    train_f = extract(method.backbone, train_src, normalize=True, limit=cfg.eval.knn_max_train)
+    test_h = extract(method.backbone, test_src)
+    row = knn_scores(train_f, F.normalize(test_h, dim=1), train_src, test_src, cfg.eval.knn_k,
+                     cfg.eval.knn_temperature)
+    if probe is not None and test_src.task == "classification":
+        row["online_test_top1"] = probe.accuracy(test_h, test_src.labels)
     if hasattr(method, "evaluate"):
-        row.update(method.evaluate(test_src))
+        row.update(method.evaluate(test_h, test_src.labels))
     return row
 
 
@@ -447,7 +509,6 @@ def _linear(cfg, method, train_src, test_src, device) -> dict:
 
 def _figures(cfg, run_dir, method, test_src) -> None:
     """curves.png from metrics.jsonl; tsne.png of test embeddings when eval.tsne."""
-    from .features import extract
     from .figures import curves_png, tsne_png
     if (run_dir / "metrics.jsonl").exists():
         curves_png(run_dir)
@@ -460,7 +521,7 @@ def _figures(cfg, run_dir, method, test_src) -> None:
 
 
 def _progress(cfg, is_main, epoch, start, total):
-    if not (cfg.progress and is_main):
+    if not (progress_enabled(cfg.progress) and is_main):
         return None
     from tqdm import tqdm
     # counted in images, so the bar's rate reads as images/s (global batch)

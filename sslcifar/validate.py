@@ -80,6 +80,18 @@ def validate_config(cfg) -> None:
         raise UserError("precision=fp16 is not allowed on CPU. Fix: precision=bf16 or fp32")
 
 
+def schedule_warnings(cfg) -> list:
+    """Lines to log about a schedule that does not fit the run: a warm-up of half the run or
+    more (a recipe's 10 warm-up epochs with epochs=10) ends the run at the peak lr."""
+    s, epochs = cfg.scheduler, cfg.epochs
+    if s.warmup_epochs >= epochs / 2:
+        return [f"scheduler.warmup_epochs={s.warmup_epochs:g} is half the run or more "
+                f"(epochs={epochs}): the learning rate ends at or near its peak and never decays. "
+                f"Fix: shorten the warm-up with the run, e.g. scheduler.warmup_epochs="
+                f"{max(epochs / 100, 0.1):g} (the recipes' 10 of 1000 epochs), or 0"]
+    return []
+
+
 def validate_data(cfg, source, world: int) -> None:
     """Rules that need the loaded training split (the method's own: `check_data`)."""
     n = len(source)

@@ -19,10 +19,23 @@ from .conftest import SHARED_DATA
 from .test_config import compose_cfg
 
 
-def test_cifar_python_layout_loads_with_a_checksum_warning(cifar_root, caplog):
+def test_cifar_python_layout_loads_with_a_checksum_warning_said_once_per_folder(
+        cifar_root, tmp_path, caplog):
+    """A re-encoded copy: one warning the first time the folder is read (its train and test
+    splits together), none after (remembered in <folder>/.sslcifar-checksums)."""
+    import shutil
+    root = tmp_path / "copy"
+    shutil.copytree(cifar_root, root)
+    (root / "cifar-10-batches-py" / ".sslcifar-checksums").unlink(missing_ok=True)
     with caplog.at_level(logging.WARNING):
-        train = load_cifar("cifar10", str(cifar_root), "train", download=False)
-    assert "differ from the official checksums" in caplog.text
+        load_cifar("cifar10", str(root), "train", download=False)
+        load_cifar("cifar10", str(root), "test", download=False)
+    assert caplog.text.count("differ from the official checksums") == 1
+    assert (root / "cifar-10-batches-py" / ".sslcifar-checksums").exists()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        train = load_cifar("cifar10", str(root), "train", download=False)
+    assert "differ from the official checksums" not in caplog.text
     assert train.images.shape == (1000, 3, 32, 32) and train.images.dtype == torch.uint8
     assert train.labels.min() == 0 and train.labels.max() == 9 and len(train.classes) == 10
     test = load_cifar("cifar10", str(cifar_root), "test", download=False)

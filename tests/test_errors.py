@@ -126,3 +126,30 @@ def test_a_method_that_takes_two_views_refuses_three_in_one_line(tmp_path):
                f"hydra.run.dir={tmp_path}", check=False)
     assert ("augment.groups gives 3 view(s) per image, but method=moco takes exactly 2"
             in _user_error(proc))
+
+
+@pytest.mark.parametrize("script, override, expected", [
+    ("linear_eval.py", "load_epoch=100", "load_epoch is not a config key. Fix: use "
+                                         "pretrained=RUN_DIR/checkpoints/epoch_N.pt"),
+    ("simclr.py", "moco_k=4096", "moco_k is not a config key. Fix: use method.queue_size (under "
+                                 "method=moco: moco.py, or simclr.py method=moco)"),
+    ("simclr.py", "method.queue_size=4096", "method.queue_size is not a key of the chosen method. "
+                                            "Fix: method.queue_size belongs to method=moco, method=swav"),
+    ("simclr.py", "method=byol loss.gamma=0.5", "loss.gamma is not a key of the chosen method. "
+                                               "Fix: loss.gamma belongs to method=sogclr"),
+    ("simclr.py", "dataset.root=~/data", "dataset.root=~/data: an unquoted ~ is not expanded here"),
+])
+def test_hints_lead_somewhere(tmp_path, script, override, expected):
+    proc = run(script, *override.split(), f"hydra.run.dir={tmp_path}/run", check=False)
+    assert _user_error(proc).startswith(f"error: {expected}")
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+
+
+def test_a_text_file_as_pretrained_is_one_line(tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a checkpoint\n")
+    proc = run("linear_eval.py", f"pretrained={notes}", "backbone.width=8", "dataset=spirograph",
+               f"hydra.run.dir={tmp_path}/run", check=False)
+    assert _user_error(proc) == (f"error: {notes} is not a PyTorch checkpoint (it starts with "
+                                 f"b'not '). Fix: pretrained= a checkpoint file (.pt, .pth, "
+                                 f".pth.tar) or a run directory")

@@ -96,7 +96,7 @@ def write_metrics(run_dir, rows):
 
 def test_curves_png_from_metrics_jsonl(tmp_path):
     rows = [{"epoch": e, "step": 10 * (e + 1), "loss": 5 - e * 0.3, "lr": 0.1 * (1 - e / 6),
-             "images_per_s": 100.0, "online_top1": 10.0 + 5 * e,
+             "images_per_s": 100.0, "online_train_top1": 10.0 + 5 * e,
              **({"knn_top1": 20.0 + 4 * e} if e % 2 else {})} for e in range(6)]
     write_metrics(tmp_path / "run", rows)
     assert_png(curves_png(tmp_path / "run"))
@@ -107,6 +107,28 @@ def test_curves_png_from_metrics_jsonl(tmp_path):
     assert_png(curves_png(tmp_path / "spiro", tmp_path / "elsewhere.png"))
     with pytest.raises(UserError, match="no training metrics"):
         curves_png(tmp_path / "missing")
+
+
+def test_curve_series_put_steps_and_epochs_on_one_axis(tmp_path):
+    """Per-log-step loss and lr from steps.jsonl, the epochs' rows at their last step, the
+    collapse monitor with 1/sqrt(D), the classifier's and the teacher temperature's panels."""
+    from sslcifar.figures import curve_series
+    run_dir = tmp_path / "run"
+    rows = [{"epoch": e, "step": 4 * (e + 1), "loss": 2.0 - e, "lr": 0.1, "z_std": 0.05,
+             "z_dim": 256, "train_top1": 40.0, "test_top1": 30.0 + e, "teacher_temp": 0.04}
+            for e in range(2)]
+    write_metrics(run_dir, rows)
+    (run_dir / "steps.jsonl").write_text("".join(
+        json.dumps({"step": s, "loss": 3.0 - 0.1 * s, "lr": 0.01 * s}) + "\n" for s in range(1, 9)))
+    data = curve_series(run_dir)
+    assert data["training loss"]["per log step"] == (list(range(1, 9)), [3.0 - 0.1 * s for s in range(1, 9)])
+    assert data["training loss"]["epoch mean"] == ([4, 8], [2.0, 1.0])
+    assert data["learning rate"]["lr"][0] == list(range(1, 9))
+    assert data["accuracy"]["classifier (test)"] == ([4, 8], [30.0, 31.0])
+    assert data["collapse monitor"]["1/sqrt(D): spread outputs"][1] == [256 ** -0.5] * 2
+    assert data["teacher temperature"]["teacher_temp"] == ([4, 8], [0.04, 0.04])
+    assert "kNN regression" not in data
+    assert_png(curves_png(run_dir))
 
 
 def run_module(*args, cwd):

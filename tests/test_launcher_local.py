@@ -94,10 +94,14 @@ def test_local_launcher_sweep_one_finished_one_failed_and_its_report(tmp_path):
          "batch_size=32", "epochs=2", "progress=false", "tensorboard=false", "eval.knn_k=5",
          "device=cpu", "optimizer.momentum=0.9,-1"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode != 0 and "momentum" in proc.stderr      # the launcher reports it
     sweeps = list((tmp_path / "outputs" / "multirun" / "simclr").iterdir())
     assert len(sweeps) == 1, sweeps
     sweep = sweeps[0]
+    # the launcher ends with the failed job's error and the report to run, no traceback
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: a job of the sweep failed: ") and "momentum" in last, last
+    assert last.endswith(f"python -m sslcifar.report outputs/multirun/simclr/{sweep.name}")
     jobs = find_jobs([sweep])
     assert [j.name for j in jobs] == [
         "0_backbone.width-8+batch_size-32+dataset.num_test-128+dataset.num_train-128+dataset-spirograph"

@@ -323,6 +323,17 @@ def test_knn_command_line(simclr_run, cifar_root, tmp_path):
     assert (result["k"], result["temperature"], result["num_train"], result["num_test"]) == \
         (20, 0.07, 300, 500)
     assert 10 < result["knn_top1"] < 100
+    assert (tmp_path / "knn" / "knn.log").exists()          # named by the command, not __main__
+
+
+@pytest.mark.slow
+def test_linear_eval_reads_the_data_where_the_pretraining_run_did(simclr_run, tmp_path):
+    """No dataset.root on the command line (and $SSLCIFAR_DATA pointing elsewhere): the
+    run's own root, as a SimCLR-CIFAR10 user expects."""
+    proc = run("linear_eval.py", *EVAL, f"pretrained={simclr_run}", "recipe=fast",
+               f"hydra.run.dir={tmp_path / 'le'}", env={"SSLCIFAR_DATA": str(tmp_path / "none")})
+    assert "(the pretraining run's)" in proc.stdout + proc.stderr
+    assert 0 <= json.loads((tmp_path / "le" / "linear_eval.json").read_text())["top1"] <= 100
 
 
 # ---------------------------------------------------------------------- the originals' protocols

@@ -74,3 +74,20 @@ def test_schedules_hand_each_step_its_values():
     assert now["m"] == 5.0 and now["lr"] == s["lr"][5] == 0.0
     with pytest.raises(ValueError, match="different lengths"):
         Schedules({"a": torch.zeros(3), "b": torch.zeros(4)}, 2)
+
+
+def test_a_warm_up_that_does_not_fit_the_run_is_named():
+    """Every solo-learn, SupContrast and SogCLR preset warms up for 10 epochs: with
+    epochs=10 the run is all ramp. Their full length, or the warm-up shortened with the
+    run, says nothing."""
+    from sslcifar.validate import schedule_warnings
+    from .test_config import compose_cfg
+    for preset in ("byol_cifar10", "supcon_cifar10", "sogclr_cifar10"):
+        short = schedule_warnings(compose_cfg(overrides=[f"experiment={preset}", "epochs=10"]))
+        assert len(short) == 1 and short[0].startswith(
+            "scheduler.warmup_epochs=10 is half the run or more (epochs=10): the learning rate "
+            "ends at or near its peak"), short
+        assert "scheduler.warmup_epochs=0.1" in short[0]
+        assert schedule_warnings(compose_cfg(overrides=[f"experiment={preset}"])) == []
+        assert schedule_warnings(compose_cfg(overrides=[f"experiment={preset}", "epochs=10",
+                                                        "scheduler.warmup_epochs=0.1"])) == []

@@ -29,11 +29,35 @@ def test_simclr_on_cifar_writes_the_run_directory(tmp_path, cifar_root):
     rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [0, 1]
     assert rows[-1]["step"] == 8 and {"loss", "lr", "images_per_s", "knn_top1",
-                                       "online_top1"} <= set(rows[-1])
+                                       "online_train_top1"} <= set(rows[-1])
     state = _load(out)
     assert state["step"] == 8 and state["config"]["batch_size"] == 16
     assert {"model", "optimizer", "scaler", "rng", "metrics"} <= set(state)
     assert json.loads((out / "done.json").read_text())["finished"] is True
+    # the online probe on the test split (solo-learn's "online linear"), recomputed from the
+    # checkpoint's probe and the test images
+    from sslcifar.data.sources import build_source
+    from sslcifar.features import extract
+    from sslcifar.methods import build_method
+    from sslcifar.probe import OnlineProbe
+    from .test_config import compose_cfg
+    cfg = compose_cfg(overrides=[*TINY, f"dataset.root={cifar_root}"])
+    model = build_method(cfg, 64, 10)
+    model.load_state_dict(state["model"])
+    probe = OnlineProbe(model.backbone.num_features, 10, 1e-3)
+    probe.load_state_dict(state["probe"])
+    test = build_source(cfg, "test", torch.device("cpu"))
+    assert rows[-1]["online_test_top1"] == pytest.approx(
+        probe.accuracy(extract(model.backbone, test), test.labels), abs=1e-9)
+    # stderr is not a terminal here: no progress bar's carriage returns in it
+    assert "\r" not in proc.stderr
+    # the figure's data: every log step's loss, the epochs' metrics on the same step axis,
+    # z_std against its 1/sqrt(128) reference
+    from sslcifar.figures import curve_series
+    curves = curve_series(out)
+    assert curves["training loss"]["per log step"][0] == [4, 8]        # log_every 10, epochs of 4
+    assert curves["accuracy"]["kNN (test)"][0] == [8]                 # at the end (knn_every 10)
+    assert curves["collapse monitor"]["1/sqrt(D): spread outputs"][1] == [128 ** -0.5] * 2
 
 
 @pytest.mark.slow
@@ -92,7 +116,7 @@ def test_stl10_pretrains_on_train_plus_unlabeled_with_the_online_probe(tmp_path)
         f"hydra.run.dir={out}")
     (row,) = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert row["step"] == 4                               # (16 + 48) images / 16 a step
-    assert 0 <= row["online_top1"] <= 100 and 0 <= row["knn_top1"] <= 100
+    assert 0 <= row["online_train_top1"] <= 100 and 0 <= row["knn_top1"] <= 100
     assert all(torch.isfinite(v).all() for v in _load(out)["probe"].values())
 
 
@@ -166,6 +190,8 @@ def test_the_supervised_baselines_test_accuracy_and_sogclrs_estimator_in_a_run(t
         expected = 100.0 * (logits.argmax(1) == test.labels).float().mean().item()
         assert row["test_top1"] == pytest.approx(expected, abs=1e-6)
         assert f"test_top1={row['test_top1']:.4f}" in proc.stdout
+        # the classifier's accuracy on its training batches: a percentage, as every accuracy
+        assert 1.0 < row["train_top1"] <= 100
     if method == "sogclr":
         u = _load(out)["model"]["criterion.u"]
         assert u.shape == (64, 1) and (u > 0).sum() == 3 * 16     # 3 batches of 16 visited
@@ -196,7 +222,7 @@ def test_options_run_end_to_end(tmp_path, cifar_root, option):
     if option == "checkpoint_every=1":
         assert (out / "checkpoints" / "epoch_1.pt").exists()
     if option == "eval.online_probe=false":
-        assert "online_top1" not in (out / "metrics.jsonl").read_text()
+        assert "online_train_top1" not in (out / "metrics.jsonl").read_text()
 
 
 @pytest.mark.slow
@@ -246,3 +272,23 @@ def test_linear_evaluation_at_the_end_of_pretraining_lands_in_done_json_and_the_
                                 build_source(cfg, "train", torch.device("cpu")),
                                 build_source(cfg, "test", torch.device("cpu")), torch.device("cpu"))
     assert again["top1"] == pytest.approx(done["linear_top1"], abs=1e-9)     # the same evaluation
+
+
+@pytest.mark.slow
+def test_a_warm_up_of_half_the_run_is_said_in_one_line(tmp_path):
+    proc = run("simclr.py", "experiment=demo", *TINY, "dataset.num_train=32", "dataset.num_test=16",
+               "max_steps=1", "scheduler.warmup_epochs=1", f"hydra.run.dir={tmp_path}")
+    lines = [l for l in (proc.stdout + proc.stderr).splitlines() if "half the run" in l]
+    assert len(lines) == 1 and "scheduler.warmup_epochs=1 is half the run or more (epochs=1)" in lines[0]
+
+
+@pytest.mark.slow
+def test_a_finished_run_resumed_with_more_epochs_says_how_to_run_longer(tmp_path):
+    common = ["experiment=demo", *TINY, "dataset.num_train=32", "dataset.num_test=16"]
+    run("simclr.py", *common, "epochs=1", f"hydra.run.dir={tmp_path}")
+    proc = run("simclr.py", *common, "epochs=2", "resume=true", f"hydra.run.dir={tmp_path}",
+               check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"error: {tmp_path} finished its 1 epochs (done.json); resume=true does "
+                           f"not extend a finished run") and "Fix: start a new run with epochs=2" in line

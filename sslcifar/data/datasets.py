@@ -90,6 +90,42 @@ def _download_hint(name: str, root: Path, looked_for: Path) -> str:
             f"offline, `python ../shared/data/make_cifar10.py DIR` writes CIFAR-10's layout")
 
 
+CHECKSUMS = ".sslcifar-checksums"
+
+
+def _unofficial(folder: Path, files, official: dict) -> list:
+    """The files that differ from the official checksums (a re-encoded copy), said once
+    per data folder: each file's md5 is remembered in <folder>/.sslcifar-checksums by its
+    size and time, with the files already warned about (where the folder is read-only,
+    every run computes and warns again)."""
+    import json
+    marker = folder / CHECKSUMS
+    try:
+        seen = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        seen = {}
+    bad = []
+    for f in files:
+        st = (folder / f).stat()
+        stamp = [st.st_size, st.st_mtime_ns]
+        entry = seen.get(f)
+        md5 = entry["md5"] if entry and entry.get("stamp") == stamp else _md5(folder / f)
+        seen[f] = {"stamp": stamp, "md5": md5}
+        if md5 != official[f]:
+            bad.append(f)
+    warned = set(seen.get("warned", []))
+    if bad and not warned:
+        log.warning("%s: %s differ from the official checksums (a re-encoded copy?); loading "
+                    "them anyway (said once for this folder; its other splits too)", folder,
+                    ", ".join(bad))
+    seen["warned"] = sorted(warned | set(bad))
+    try:
+        marker.write_text(json.dumps(seen))
+    except OSError:
+        pass
+    return bad
+
+
 def load_cifar(name: str, root: str, split: str, download: bool) -> ImageSet:
     spec = _CIFAR[name]
     root_p = Path(root).expanduser()
@@ -101,10 +137,7 @@ def load_cifar(name: str, root: str, split: str, download: bool) -> ImageSet:
         import torchvision
         getattr(torchvision.datasets, spec["url_name"])(str(root_p), train=split == "train",
                                                         download=True)
-    bad = [f for f in files if _md5(folder / f) != spec["md5"][f]]
-    if bad:
-        log.warning("%s: %s differ from the official checksums (a re-encoded copy?); "
-                    "loading them anyway", folder, ", ".join(bad))
+    bad = _unofficial(folder, files, spec["md5"])
     images, labels = [], []
     for f in files:
         try:

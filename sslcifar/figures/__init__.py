@@ -15,7 +15,7 @@ The training loop can call `tsne_png(features, labels, path, classes)` and
 import logging
 import math
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 
@@ -159,36 +159,83 @@ def tsne_png(features: torch.Tensor, labels: torch.Tensor, path, classes: Option
     return path
 
 
-CURVES = (("loss", "training loss"), ("lr", "learning rate"), ("knn_top1", "kNN top-1 (%)"),
-          ("knn_r2", "kNN R^2"), ("online_top1", "online probe top-1 (%)"))
+# the panels of curves.png: (title, y label, [(key in the logs, line label), ...]); every
+# panel on the same step axis; a panel appears when a run has one of its keys
+PANELS = (
+    ("training loss", "loss", [("loss", "per log step"), ("epoch:loss", "epoch mean")]),
+    ("learning rate", "lr", [("lr", "")]),
+    ("accuracy", "top-1 (%)", [("knn_top1", "kNN (test)"), ("online_test_top1", "online probe (test)"),
+                               ("online_train_top1", "online probe (training batches)"),
+                               ("test_top1", "classifier (test)"), ("linear_top1", "linear eval")]),
+    ("kNN regression", "R^2", [("knn_r2", "kNN (test)"), ("linear_r2", "linear eval")]),
+    ("collapse monitor", "z_std", [("z_std", "z_std"), ("z_ref", "1/sqrt(D): spread outputs")]),
+    ("teacher temperature", "T", [("teacher_temp", "")]),
+)
 
 
-def curves_png(run_dir, path=None) -> Path:
-    """Training curves of a run (loss, lr, kNN top-1 or R^2, online probe top-1 vs
-    epoch, from its metrics.jsonl) as one PNG; default <run_dir>/curves.png."""
+def curve_series(run_dir) -> Dict[str, Dict[str, Tuple[list, list]]]:
+    """The data of curves.png: {panel title: {line label: (steps, values)}}. The loss and lr
+    of every log step come from steps.jsonl, the per-epoch metrics from metrics.jsonl, all
+    against the optimizer step (an epoch's row at its last step)."""
     from ..metrics import read_metrics
     run_dir = Path(run_dir)
     rows = read_metrics(run_dir / "metrics.jsonl")
-    if not rows:
+    steps = read_metrics(run_dir / "steps.jsonl")
+    if not rows and not steps:
         raise UserError(f"no training metrics in {run_dir / 'metrics.jsonl'}. Fix: give the run "
                         f"directory of a pretraining run (outputs/<config>/<date>_<time>)")
-    panels = [(k, name) for k, name in CURVES if any(r.get(k) is not None for r in rows)]
+
+    def series(source, key):
+        pts = [(r["step"], r[key]) for r in source if r.get(key) is not None]
+        return [p[0] for p in pts], [p[1] for p in pts]
+    derived = [dict(r, **{"epoch:loss": r.get("loss"),
+                          "z_ref": r["z_dim"] ** -0.5 if r.get("z_dim") else None}) for r in rows]
+    out = {}
+    for title, _, lines in PANELS:
+        panel = {}
+        for key, label in lines:
+            source = steps if key in ("loss", "lr") and steps else derived
+            xs, ys = series(source, key)
+            if xs:
+                panel[label or key] = (xs, ys)
+        if panel:
+            out[title] = panel
+    return out
+
+
+def curves_png(run_dir, path=None) -> Path:
+    """Training curves of a run as one PNG (default <run_dir>/curves.png): the loss and lr
+    of every log step, accuracies (kNN, online probe on test and training batches, the
+    supervised classifier, linear eval), kNN R^2, the collapse monitor z_std with its
+    1/sqrt(D) reference and a teacher temperature, each where the run has it, all against
+    the optimizer step."""
+    data = curve_series(run_dir)
+    ylabels = {title: ylabel for title, ylabel, _ in PANELS}
     plt = _pyplot()
     from matplotlib.ticker import MaxNLocator
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.2), squeeze=False)
-    for ax, (key, name) in zip(axes[0], panels):
-        pts = [(r["epoch"] + 1, r[key]) for r in rows if r.get(key) is not None]
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o" if len(pts) < 30 else None,
-                markersize=3)
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_title(name)
-        if key == "lr":
-            ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+    cols = min(3, len(data))
+    rows = -(-len(data) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, 3.2 * rows), squeeze=False)
+    for ax, (title, lines) in zip(axes.flat, data.items()):
+        for label, (xs, ys) in lines.items():
+            ref = label.startswith("1/sqrt")
+            ax.plot(xs, ys, label=label, linestyle="--" if ref else "-",
+                    marker="o" if len(xs) <= 12 and not ref else None, markersize=3,
+                    color="grey" if ref else None)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("step")
+        ax.set_ylabel(ylabels[title])
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
+        ax.yaxis.set_major_locator(MaxNLocator(nbins=5))
+        ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 4), useOffset=False)
+        if len(lines) > 1:
+            ax.legend(fontsize=7, frameon=False)
         ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(data):]:
+        ax.axis("off")
     fig.suptitle(str(run_dir), fontsize=9)
     fig.tight_layout()
-    path = Path(path) if path is not None else run_dir / "curves.png"
+    path = Path(path) if path is not None else Path(run_dir) / "curves.png"
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

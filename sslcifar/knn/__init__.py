@@ -52,11 +52,10 @@ def r2_scores(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def knn_evaluate(backbone: nn.Module, train_source, test_source, k: int, temperature: float,
-                 max_train: Optional[int] = None, batch_size: int = 512) -> Dict[str, float]:
-    """{'knn_top1': %} for labelled data, {'knn_r2': ...} for Spirograph."""
-    train_f = extract(backbone, train_source, batch_size=batch_size, normalize=True, limit=max_train)
-    test_f = extract(backbone, test_source, batch_size=batch_size, normalize=True)
+def knn_scores(train_f: torch.Tensor, test_f: torch.Tensor, train_source, test_source, k: int,
+               temperature: float) -> Dict[str, float]:
+    """{'knn_top1': %} for labelled data, {'knn_r2': ...} for Spirograph, from L2-normalised
+    features: train_f [N, F] of the first N training images, test_f [M, F] of the test split."""
     n = train_f.shape[0]
     if train_source.task == "regression":
         pred = knn_regress(train_f, train_source.targets[:n].float(), test_f, k, temperature)
@@ -67,6 +66,15 @@ def knn_evaluate(backbone: nn.Module, train_source, test_source, k: int, tempera
     scores = knn_classify(train_f[keep], labels[keep], test_f, num_classes, k, temperature)
     top1 = (scores.argmax(1) == test_source.labels).float().mean().item() * 100
     return {"knn_top1": top1}
+
+
+@torch.no_grad()
+def knn_evaluate(backbone: nn.Module, train_source, test_source, k: int, temperature: float,
+                 max_train: Optional[int] = None, batch_size: int = 512) -> Dict[str, float]:
+    """kNN of an encoder: its features of the two splits, then knn_scores."""
+    train_f = extract(backbone, train_source, batch_size=batch_size, normalize=True, limit=max_train)
+    test_f = extract(backbone, test_source, batch_size=batch_size, normalize=True)
+    return knn_scores(train_f, test_f, train_source, test_source, k, temperature)
 
 
 # ---------------------------------------------------------------------- the command's work

@@ -190,11 +190,12 @@ class Method(nn.Module):
     def after_backward(self, now: Now) -> None:
         """Called after backward, before the optimizer step (gradients are unscaled)."""
 
-    @staticmethod
-    def collapse_std(z: torch.Tensor) -> torch.Tensor:
+    def collapse_std(self, z: torch.Tensor) -> torch.Tensor:
         """The SimSiam paper's collapse monitor (Chen & He, 2021, sec. 4.1): the standard
         deviation over the batch of the L2-normalised outputs, averaged over channels.
-        About 1/sqrt(D) for well-spread outputs, 0 for a collapsed network. z: [B, D]."""
+        About 1/sqrt(D) for well-spread outputs, 0 for a collapsed network. z: [B, D].
+        D is kept as `self.z_dim` (the loop logs it beside z_std, the curves draw 1/sqrt(D))."""
+        self.z_dim = z.shape[1]
         return F.normalize(z.detach().float(), dim=1).std(0).mean()
 
     def forward(self, batch) -> dict:

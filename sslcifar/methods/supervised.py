@@ -7,7 +7,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..distributed import gather, gather_with_grad
-from ..features import extract
 from .base import LossConfig, Method, MethodConfig, register
 
 
@@ -47,14 +46,13 @@ class Supervised(Method):
         # gradient, and the logged loss and accuracy are then the global ones too
         logits, labels = gather_with_grad(self.classifier(h)), gather(labels)
         loss = F.cross_entropy(logits, labels)
-        top1 = (logits.argmax(1) == labels).float().mean()
+        top1 = 100.0 * (logits.argmax(1) == labels).float().mean()       # %, as every accuracy
         return {"loss": loss, "features": h.detach(), "train_top1": top1.detach(),
                 "z_std": self.collapse_std(h)}
 
     @torch.no_grad()
-    def evaluate(self, test_source, batch_size: int = 512) -> Dict[str, float]:
-        """Top-1 of this classifier on the un-augmented test images, the number SupCE
-        reports (BatchNorm in eval mode, as for any test)."""
-        logits = self.classifier(extract(self.backbone, test_source, batch_size=batch_size))
-        top1 = (logits.argmax(1) == test_source.labels).float().mean().item()
-        return {"test_top1": 100.0 * top1}
+    def evaluate(self, test_features: torch.Tensor, test_labels: torch.Tensor) -> Dict[str, float]:
+        """Top-1 (%) of this classifier on the un-augmented test images' backbone features
+        (BatchNorm in eval mode, as for any test), the number SupCE reports."""
+        logits = self.classifier(test_features)
+        return {"test_top1": 100.0 * (logits.argmax(1) == test_labels).float().mean().item()}
