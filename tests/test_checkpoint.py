@@ -90,7 +90,7 @@ def test_every_way_a_damaged_checkpoint_fails_is_one_clear_line(tmp_path):
         try:
             ckpt.load(path)             # a changed byte inside tensor data still loads: fine
         except UserError as e:
-            assert str(e).startswith(f"checkpoint {path} "), str(e)
+            assert str(path) in str(e), str(e)   # names the file
             assert "\n" not in str(e) and "Fix:" in str(e)
             refused += 1
     assert refused >= 360               # every random and every truncated file

@@ -183,7 +183,7 @@ def test_a_two_task_job_stopped_by_usr2_resumes_and_matches_torchrun(tmp_path):
             launcher.kill()
         _cancel_array(tmp_path)
     log = (job / "simclr.log").read_text()
-    stop = [l for l in log.splitlines() if "signal 12 received at step" in l]
+    stop = [l for l in log.splitlines() if "signal SIGUSR2 received at step" in l]
     resumed = [l for l in log.splitlines() if "resumed from" in l]
     assert len(stop) == 1 and len(resumed) == 1, log[-3000:]
     step = int(stop[0].split("at step ")[1].split(":")[0])
@@ -231,7 +231,7 @@ def test_requeued_jobs_resume_and_match_uninterrupted_twins(tmp_path):
 
     assert _sweep_dir(tmp_path) == sweep               # the requeued jobs kept their folder
     assert set(find_jobs([sweep])) == {job0, job1}
-    for job, sig in ((job0, 12), (job1, 15)):
+    for job, sig in ((job0, "SIGUSR2"), (job1, "SIGTERM")):
         log = (job / "simclr.log").read_text()
         stop = [l for l in log.splitlines() if f"signal {sig} received at step" in l]
         resumed = [l for l in log.splitlines() if "resumed from" in l]
