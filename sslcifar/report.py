@@ -1,7 +1,8 @@
-"""A sweep's results as a table and a plot.
+"""A sweep's results as tables and figures.
 
     python -m sslcifar.report outputs/multirun/simclr/<date>_<time>
     python -m sslcifar.report DIR [DIR ...] --metric knn_top1 --x loss.temperature --lines batch_size
+    python -m sslcifar.report DIR --compare method=simclr,method=sogclr
 
 Writes into the first DIR:
 - `results.csv`: one row per job: its overrides, the final loss, kNN / online / linear
@@ -9,7 +10,17 @@ Writes into the first DIR:
   after a requeue, wall time and status;
 - `results.md`: the same table, with the overrides that all jobs share listed above it;
 - `results.png`: the metric against --x, one line per value of --lines (hollow markers:
-  jobs not finished yet).
+  jobs not finished yet);
+- `curves.png`: the metric (knn_top1 unless --metric is logged per epoch) against the
+  epoch, one line per setting;
+and, when the sweep ran several seeds (`seed=0,1,2`; `sslcifar.seeds`):
+- `groups.csv`, `groups.md`: one row per setting (every override but the seed): n, mean,
+  standard deviation and standard error of each final metric over its finished seeds,
+  and the seeds not finished, named with their status;
+- `results.png` then draws each setting's mean with error bars of ± one standard error
+  (n in the legend), and `curves.png` the mean per epoch with a band of ± one standard error;
+- `compare.md` with --compare KEY=A,KEY=B: for each setting both sides share, the mean and
+  standard error of the seed-by-seed differences B - A of the metric (also printed).
 
 A job directory is any folder under DIR holding Hydra's `.hydra/overrides.yaml`. The report
 reads only what the jobs write as they go (events.jsonl, metrics.jsonl, done.json,
@@ -39,10 +50,14 @@ import yaml
 
 from .events import last_event, read_events
 from .metrics import read_metrics
+from .seeds import GROUP_METRICS, SEED, Stat, group_keys, group_rows, paired, parse_compare, \
+    setting_of, describe_difference
 
 METRICS = ("loss", "knn_top1", "knn_r2", "online_test_top1", "online_train_top1", "linear_top1",
            "linear_r2", "test_top1")
-RESULT_COLUMNS = ("step", *METRICS, "epochs_done", "restarts", "wall_s", "status")
+# the metrics logged at epoch ends, drawn per epoch in curves.png
+CURVE_METRICS = ("loss", "knn_top1", "knn_r2", "online_test_top1", "online_train_top1")
+RESULT_COLUMNS = ("step", *METRICS, "images_per_s", "epochs_done", "restarts", "wall_s", "status")
 
 # the last line of a failure: a user error, a Python exception, SLURM killing the job
 # (a requeue or a preemption is not a failure: the job comes back)
@@ -64,13 +79,18 @@ def find_jobs(roots: List[Path]) -> List[Path]:
     return jobs
 
 
-def _hydra_job(job: Path) -> dict:
-    """hydra.job of the job's saved Hydra config (num, id = SLURM/submitit job id)."""
+def _hydra_yaml(job: Path) -> dict:
+    """The `hydra:` node of the job's saved Hydra config."""
     try:
         return (yaml.safe_load((job / ".hydra" / "hydra.yaml").read_text()) or {}) \
-            .get("hydra", {}).get("job", {}) or {}
+            .get("hydra", {}) or {}
     except (OSError, yaml.YAMLError):
         return {}
+
+
+def _hydra_job(job: Path) -> dict:
+    """hydra.job of the job's saved Hydra config (num, id = SLURM/submitit job id)."""
+    return _hydra_yaml(job).get("job", {}) or {}
 
 
 def _job_num(job: Path) -> int:
@@ -222,6 +242,9 @@ def job_row(job: Path, name: Optional[str] = None) -> dict:
         break
     whole = [r["epoch"] for r in rows if not r.get("partial")]
     res["epochs_done"] = max(whole) + 1 if whole else 0
+    speeds = sorted(r["images_per_s"] for r in rows if r.get("images_per_s") is not None)
+    if speeds:                  # the median epoch: the first one also pays for warming up
+        res["images_per_s"] = speeds[len(speeds) // 2]
 
     events = read_events(job)
     res["restarts"] = sum(e["event"] == "resumed" for e in events)
@@ -235,6 +258,7 @@ def job_row(job: Path, name: Optional[str] = None) -> dict:
     res["status"] = _status(events, errors, done is not None, _submitit_completed(folder),
                             rows[-1] if rows else None)
     row.update(res)
+    row["_dir"] = job           # not a column: where the curves and --compare read more
     return row
 
 
@@ -258,7 +282,8 @@ def swept_keys(rows: List[dict]) -> List[str]:
 
 
 def _override_keys(rows: List[dict]) -> List[str]:
-    return list(dict.fromkeys(k for r in rows for k in r if k != "job" and k not in RESULT_COLUMNS))
+    return list(dict.fromkeys(k for r in rows for k in r
+                              if k != "job" and k not in RESULT_COLUMNS and not k.startswith("_")))
 
 
 def _short(job: str) -> str:
@@ -309,44 +334,62 @@ def _order(v):
     return (0, n, "") if isinstance(n, float) else (1, 0.0, str(v))
 
 
-def write_plot(rows: List[dict], out: Path, metric: str, x: str,
-               lines_key: Optional[str]) -> Optional[Path]:
-    """results.png: metric against x, one line per value of lines_key; None if no job has
-    both values yet."""
-    points = [r for r in rows if r.get(metric) is not None and r.get(x) is not None]
-    if not points:
-        return None
+def _pyplot():
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    return plt
 
-    numeric = all(isinstance(_num(r[x]), float) for r in points)
-    xs = sorted({r[x] for r in points}, key=_order)
-    pos = (lambda v: _num(v)) if numeric else (lambda v: xs.index(v))   # noqa: E731
-    groups: Dict[str, list] = {}
-    for r in points:
-        groups.setdefault(str(r.get(lines_key)) if lines_key else "", []).append(r)
+
+def _draw(points: List[dict], out: Path, metric: str, x: str, lines_key: Optional[str],
+          title: str) -> Path:
+    """results.png from points {"x", "line", "y", "err" (or None), "n" (or None), "hollow"}:
+    metric against x, one line per value of lines_key, error bars where given, n (the
+    seeds behind each point) in the legend; a log axis when x spans a factor of 8 or more."""
+    plt = _pyplot()
+    numeric = all(isinstance(_num(p["x"]), float) for p in points)
+    xs = sorted({p["x"] for p in points}, key=_order)
+    log = numeric and len(xs) > 1 and min(map(_num, xs)) > 0 \
+        and max(map(_num, xs)) / min(map(_num, xs)) >= 8
+    lines: Dict[str, list] = {}
+    for p in points:
+        lines.setdefault(p["line"], []).append(p)
+    bars = any(p["err"] is not None for p in points)
+
+    def pos(v, i=0):
+        """x position; with error bars each line is nudged sideways so its bars stay
+        visible where lines meet (2% of the axis apart)."""
+        nudge = 0.02 * (i - (len(lines) - 1) / 2) if bars else 0.0
+        if not numeric:
+            return xs.index(v) + nudge * (len(xs) - 1 or 1)
+        if log:
+            return _num(v) * (max(map(_num, xs)) / min(map(_num, xs))) ** nudge
+        return _num(v) + nudge * ((max(map(_num, xs)) - min(map(_num, xs))) or 1.0)
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for i, name in enumerate(sorted(groups, key=_order)):
-        rs = sorted(groups[name], key=lambda r: pos(r[x]))
+    for i, name in enumerate(sorted(lines, key=_order)):
+        ps = sorted(lines[name], key=lambda p: _order(p["x"]))
         color = f"C{i % 10}"
-        ax.plot([pos(r[x]) for r in rs], [r[metric] for r in rs], marker="o", color=color,
-                label=f"{lines_key}={name}" if lines_key else None)
-        unfinished = [r for r in rs if r.get("status") != "finished"]
-        if unfinished:            # hollow: a value from a job still running (or failed)
-            ax.plot([pos(r[x]) for r in unfinished], [r[metric] for r in unfinished], "o",
+        label = f"{lines_key}={name}" if lines_key else ("" if ps[0]["n"] is None else "all")
+        ns = sorted({p["n"] for p in ps if p["n"] is not None})
+        if ns:
+            label += f" (n={ns[0]})" if len(ns) == 1 else f" (n={ns[0]}-{ns[-1]})"
+        err = [p["err"] or 0.0 for p in ps] if bars else None
+        ax.errorbar([pos(p["x"], i) for p in ps], [p["y"] for p in ps], yerr=err, marker="o",
+                    color=color, capsize=3, label=label or None)
+        hollow = [p for p in ps if p["hollow"]]
+        if hollow:              # a value from a job still running (or failed), or a group missing seeds
+            ax.plot([pos(p["x"], i) for p in hollow], [p["y"] for p in hollow], "o", zorder=3,
                     markerfacecolor="white", markeredgecolor=color)
     if not numeric:
         ax.set_xticks(range(len(xs)), [str(v) for v in xs])
-    elif len(xs) > 2 and min(map(_num, xs)) > 0 and max(map(_num, xs)) / min(map(_num, xs)) >= 8:
+    elif log:
         ax.set_xscale("log", base=2 if all(_num(v).is_integer() for v in xs) else 10)
         ax.set_xticks([_num(v) for v in xs], [str(v) for v in xs])
+        ax.minorticks_off()
     ax.set_xlabel(x)
     ax.set_ylabel(metric)
-    done = sum(r.get("status") == "finished" for r in rows)
-    ax.set_title(f"{metric} vs {x} ({done}/{len(rows)} jobs finished"
-                 + ("; hollow: not finished)" if done < len(points) else ")"), fontsize=10)
-    if lines_key:
+    ax.set_title(title, fontsize=10)
+    if lines_key or any(p["n"] is not None for p in points):
         ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -354,6 +397,170 @@ def write_plot(rows: List[dict], out: Path, metric: str, x: str,
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def write_plot(rows: List[dict], out: Path, metric: str, x: str,
+               lines_key: Optional[str]) -> Optional[Path]:
+    """results.png: metric against x, one point per job, one line per value of lines_key;
+    None if no job has both values yet."""
+    points = [{"x": r[x], "line": str(r.get(lines_key)) if lines_key else "", "y": r[metric],
+               "err": None, "n": None, "hollow": r.get("status") != "finished"}
+              for r in rows if r.get(metric) is not None and r.get(x) is not None]
+    if not points:
+        return None
+    done = sum(r.get("status") == "finished" for r in rows)
+    title = (f"{metric} vs {x} ({done}/{len(rows)} jobs finished"
+             + ("; hollow: not finished)" if done < len(points) else ")"))
+    return _draw(points, out, metric, x, lines_key, title)
+
+
+def _group_points(groups: List[dict], metric: str, x: str, lines_key: Optional[str]) -> List[dict]:
+    """The points of a seeded sweep's plot: each setting's mean, ± one standard error,
+    its n; hollow when some of its seeds did not finish."""
+    return [{"x": g[x], "line": str(g.get(lines_key)) if lines_key else "",
+             "y": g[f"{metric}_mean"], "err": g.get(f"{metric}_sem"), "n": g[f"{metric}_n"],
+             "hollow": bool(g["not_finished"])}
+            for g in groups if g.get(f"{metric}_mean") is not None and g.get(x) is not None]
+
+
+def write_group_plot(groups: List[dict], out: Path, metric: str, x: str,
+                     lines_key: Optional[str]) -> Optional[Path]:
+    """results.png of a seeded sweep: the mean over seeds of metric against x, error bars
+    of one standard error, n in the legend; hollow: a group with seeds not finished."""
+    points = _group_points(groups, metric, x, lines_key)
+    if not points:
+        return None
+    seeds = sum(g["n"] for g in groups)
+    title = (f"{metric}: mean ± 1 standard error over seeds\n({seeds} finished jobs"
+             + ("; hollow: seeds missing)" if any(p["hollow"] for p in points) else ")"))
+    return _draw(points, out, metric, x, lines_key, title)
+
+
+def write_groups(groups: List[dict], keys: List[str], out: Path) -> None:
+    """groups.csv (every statistic) and groups.md (mean ± sem (std) per metric)."""
+    metrics = [m for m in GROUP_METRICS if any(f"{m}_mean" in g for g in groups)]
+    cols = [*keys, "n", "seeds",
+            *[f"{m}_{s}" for m in metrics for s in ("mean", "std", "sem", "n")], "not_finished"]
+    with open(out / "groups.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(groups)
+
+    def cell(g, m):
+        if g.get(f"{m}_mean") is None:
+            return ""
+        text = _fmt(g[f"{m}_mean"])
+        if g.get(f"{m}_sem") is not None:
+            text += f" ± {g[f'{m}_sem']:.2g} (sd {g[f'{m}_std']:.2g})"
+        return text
+    total = sum(g["n"] for g in groups)
+    lines = [f"{len(groups)} settings, {total} finished seeds; mean ± standard error "
+             f"(sd: standard deviation) over the finished seeds of each setting.", "",
+             "| " + " | ".join([*keys, "n", *metrics, "not finished"]) + " |",
+             "|" + " --- |" * (len(keys) + len(metrics) + 2)]
+    for g in groups:
+        lines.append("| " + " | ".join([*(str(g[k]) for k in keys), str(g["n"]),
+                                        *(cell(g, m) for m in metrics),
+                                        g["not_finished"].replace("|", "\\|")]) + " |")
+    (out / "groups.md").write_text("\n".join(lines) + "\n")
+
+
+def seed_curves(rows: List[dict], keys: List[str], metric: str) -> Dict[tuple, Dict[int, Stat]]:
+    """Each setting's metric after each epoch: {setting: {epochs done: Stat over the seeds
+    (jobs) that logged it}}, from every job's metrics.jsonl (running jobs too)."""
+    series: Dict[tuple, Dict[int, list]] = {}
+    for r in rows:
+        per_epoch = series.setdefault(setting_of(r, keys), {})
+        for m in read_metrics(Path(r["_dir"]) / "metrics.jsonl") if r.get("_dir") else []:
+            if m.get(metric) is not None and not m.get("partial"):
+                per_epoch.setdefault(m["epoch"] + 1, []).append(m[metric])
+    return {k: {e: Stat(v[e]) for e in sorted(v)} for k, v in series.items() if v}
+
+
+def write_curves(rows: List[dict], keys: List[str], out: Path, metric: str) -> Optional[Path]:
+    """curves.png: each setting's metric per epoch, the mean over its seeds as a line and
+    a band of ± one standard error; None when no job logged the metric at an epoch end."""
+    series = seed_curves(rows, keys, metric)
+    if not series:
+        return None
+    plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for i, (setting, stats) in enumerate(series.items()):
+        epochs = list(stats)
+        color = f"C{i % 10}"
+        label = " ".join(f"{k}={v}" for k, v in setting) or "all"
+        label += f" (n={max(s.n for s in stats.values())})"
+        ax.plot(epochs, [s.mean for s in stats.values()], marker=".", color=color, label=label)
+        if any(s.sem is not None for s in stats.values()):
+            lo = [s.mean - (s.sem or 0.0) for s in stats.values()]
+            hi = [s.mean + (s.sem or 0.0) for s in stats.values()]
+            ax.fill_between(epochs, lo, hi, color=color, alpha=0.2, linewidth=0)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epochs done")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric} per epoch: mean over seeds ± 1 standard error", fontsize=10)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = out / "curves.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def side_value(row: dict, key: str) -> Optional[str]:
+    """The job's value of key for --compare: its override, else the config group Hydra
+    chose (hydra.runtime.choices: method=simclr when experiment=... picked it), else the
+    composed config's value (.hydra/config.yaml, a dotted key)."""
+    if key in row and key not in RESULT_COLUMNS and key != "job":
+        return str(row[key])
+    job = row.get("_dir")
+    if job is None:
+        return None
+    choices = (_hydra_yaml(Path(job)).get("runtime") or {}).get("choices") or {}
+    if key in choices:
+        return str(choices[key])
+    try:
+        value = yaml.safe_load((Path(job) / ".hydra" / "config.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return None
+    for part in key.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    if isinstance(value, dict):
+        value = value.get("name")
+    return None if value is None else str(value)
+
+
+def write_compare(rows: List[dict], spec: str, metric: str, out: Path) -> List[str]:
+    """compare.md: for each setting both sides share, the paired difference b - a of
+    metric over seeds; returns its lines (printed by main)."""
+    key, a, b = parse_compare(spec)
+    sides = {r["job"]: side_value(r, key) for r in rows}
+    found = {v for v in sides.values() if v is not None}
+    for value in (a, b):
+        if value not in found:
+            raise ValueError(f"--compare {spec}: no job has {key}={value} "
+                             f"(values found: {', '.join(sorted(found)) or 'none'})")
+    result = paired(rows, lambda r: sides[r["job"]], a, b, _override_keys(rows), metric)
+    if not result:
+        raise ValueError(f"--compare {spec}: {key}={a} and {key}={b} share no setting")
+    lines = [f"Paired comparison of {metric}: {b} - {a}, seed by seed (mean ± standard "
+             f"error of the differences)", ""]
+    for r in result:
+        setting = ", ".join(f"{k}={v}" for k, v in r.items()
+                            if k not in ("a_mean", "b_mean", "diff_mean", "diff_sem", "n",
+                                         "seeds", "unpaired")) or "all jobs"
+        line = f"- {setting}: {describe_difference(r, a, b, metric)}"
+        if r["n"]:
+            line += f"; means {a} {r['a_mean']:.4g}, {b} {r['b_mean']:.4g}; seeds {r['seeds']}"
+        if r["unpaired"]:
+            line += f"; left out: {r['unpaired']}"
+        lines.append(line)
+    (out / "compare.md").write_text("\n".join(lines) + "\n")
+    return lines
 
 
 # ---------------------------------------------------------------------- command line
@@ -371,6 +578,10 @@ def main(argv=None) -> None:
     p.add_argument("--lines", default=None,
                    help="override key, one line per value (default: batch_size if swept, "
                         "else the next swept key; 'none' for a single line)")
+    p.add_argument("--compare", default=None, metavar="KEY=A,KEY=B",
+                   help="paired differences B - A of --metric over seeds, for each setting "
+                        "both sides share (compare.md), e.g. method=simclr,method=sogclr; KEY "
+                        "is an override, a config group (method, optimizer) or a config key")
     args = p.parse_args(argv)
     missing = [d for d in args.dirs if not d.is_dir()]
     if missing:
@@ -383,15 +594,17 @@ def main(argv=None) -> None:
                          f"`python simclr.py -m ...` printed as its sweep output dir")
     swept = swept_keys(rows)
     known = set(_override_keys(rows))
+    seeded = SEED in swept                  # several seeds: one point per setting, with intervals
+    axes = [k for k in swept if k != SEED] if seeded else swept
     for flag, key in (("--x", args.x), ("--lines", args.lines)):
         if key not in (None, "none") and key not in known:
             raise SystemExit(f"error: {flag} {key}: no job overrides it. Fix: use one of "
                              f"{', '.join(swept or sorted(known)) or '(no overrides)'}")
-    x = args.x or ("loss.temperature" if "loss.temperature" in swept else
-                   (swept[0] if swept else None))
+    x = args.x or ("loss.temperature" if "loss.temperature" in axes else
+                   ("batch_size" if "batch_size" in axes else (axes[0] if axes else None)))
     lines_key = args.lines
     if lines_key is None:
-        rest = [k for k in swept if k != x]
+        rest = [k for k in axes if k != x]
         lines_key = "batch_size" if "batch_size" in rest else (rest[0] if rest else None)
     elif lines_key == "none":
         lines_key = None
@@ -401,19 +614,42 @@ def main(argv=None) -> None:
         have = [c for c in METRICS if any(r.get(c) is not None for r in rows)]
         raise SystemExit(f"error: --metric {args.metric}: no job has it (yet). Fix: use one of "
                          f"{', '.join(have) or '(none so far: no job has logged an epoch)'}")
+    compared = None
+    if args.compare:
+        try:
+            compared = write_compare(rows, args.compare, metric, args.dirs[0])
+        except ValueError as e:
+            raise SystemExit(f"error: {e}. Fix: name two values of one override or config "
+                             f"group that the sweep ran, e.g. --compare method=simclr,method=sogclr")
     out = args.dirs[0]
     write_table(rows, out)
-    plot = write_plot(rows, out, metric, x, lines_key) if x else None
+    keys = group_keys(rows, _override_keys(rows))
+    made = []
+    if seeded:
+        groups = group_rows(rows, keys)
+        write_groups(groups, keys, out)
+        made += [out / "groups.csv", out / "groups.md"]
+        plot = write_group_plot(groups, out, metric, x, lines_key) if x else None
+    else:
+        plot = write_plot(rows, out, metric, x, lines_key) if x else None
+    curve_metric = metric if metric in CURVE_METRICS else "knn_top1"
+    curves = write_curves(rows, keys, out, curve_metric)
     done = sum(r["status"] == "finished" for r in rows)
     failed = sum(r["status"].startswith("failed") for r in rows)
     if plot:
-        what = f", {plot} ({metric} vs {x}" + (f", one line per {lines_key})" if lines_key else ")")
+        what = f", {plot} ({metric} vs {x}" + (f", one line per {lines_key}" if lines_key else "") \
+            + ("; mean ± standard error over seeds)" if seeded else ")")
     elif x is None:
         what = ", no plot (the jobs share all their overrides: nothing to put on the x axis)"
     else:
         what = f", no plot (no job has both {metric} and {x} yet)"
+    extra = "".join(f", {m}" for m in made)
+    if curves:
+        extra += f", {curves} ({curve_metric} per epoch)"
     print(f"{len(rows)} jobs ({done} finished, {failed} failed) -> {out / 'results.csv'}, "
-          f"{out / 'results.md'}{what}")
+          f"{out / 'results.md'}{what}{extra}")
+    if compared:
+        print("\n".join(compared[:1] + compared[2:]) + f"\n-> {out / 'compare.md'}")
 
 
 if __name__ == "__main__":
