@@ -341,6 +341,16 @@ def _pyplot():
     return plt
 
 
+def _save(fig, path: Path) -> Path:
+    """A figure with a light grid, written as PNG and closed."""
+    for ax in fig.axes:
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    _pyplot().close(fig)
+    return path
+
+
 def _draw(points: List[dict], out: Path, metric: str, x: str, lines_key: Optional[str],
           title: str) -> Path:
     """results.png from points {"x", "line", "y", "err" (or None), "n" (or None), "hollow"}:
@@ -391,12 +401,7 @@ def _draw(points: List[dict], out: Path, metric: str, x: str, lines_key: Optiona
     ax.set_title(title, fontsize=10)
     if lines_key or any(p["n"] is not None for p in points):
         ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = out / "results.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, out / "results.png")
 
 
 def write_plot(rows: List[dict], out: Path, metric: str, x: str,
@@ -501,12 +506,7 @@ def write_curves(rows: List[dict], keys: List[str], out: Path, metric: str) -> O
     ax.set_ylabel(metric)
     ax.set_title(f"{metric} per epoch: mean over seeds ± 1 standard error", fontsize=10)
     ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = out / "curves.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, out / "curves.png")
 
 
 def side_value(row: dict, key: str) -> Optional[str]:
