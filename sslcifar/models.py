@@ -194,12 +194,14 @@ def split_batchnorm(module: nn.Module, num_splits: int) -> nn.Module:
 
 def projection_mlp(in_dim: int, hidden_dim: Optional[int], out_dim: int, num_layers: int = 2,
                    bn: bool = True, last_bn: bool = False,
-                   last_bias: Optional[bool] = None) -> nn.Sequential:
-    """Projection head: (Linear -> [BN] -> ReLU) x (num_layers-1) -> Linear [-> BN(no affine)].
+                   last_bias: Optional[bool] = None, last_bn_affine: bool = False
+                   ) -> nn.Sequential:
+    """Projection head: (Linear -> [BN] -> ReLU) x (num_layers-1) -> Linear [-> BN].
 
     hidden_dim None means the input size (MoCo v2 / SupContrast heads).
     Linear layers followed by BN carry no bias (it would be cancelled); the last one has a
-    bias unless last_bn, or unless last_bias=False (MoCo v3's predictor).
+    bias unless last_bn, or unless last_bias=False (MoCo v3's predictor). The last BN has
+    no affine parameters (SimSiam), unless last_bn_affine (solo-learn's NNCLR projector).
     """
     hidden_dim = hidden_dim or in_dim
     layers = []
@@ -212,7 +214,7 @@ def projection_mlp(in_dim: int, hidden_dim: Optional[int], out_dim: int, num_lay
         dim = hidden_dim
     layers.append(nn.Linear(dim, out_dim, bias=(not last_bn) if last_bias is None else last_bias))
     if last_bn:
-        layers.append(nn.BatchNorm1d(out_dim, affine=False))
+        layers.append(nn.BatchNorm1d(out_dim, affine=last_bn_affine))
     return nn.Sequential(*layers)
 
 

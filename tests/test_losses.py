@@ -453,6 +453,108 @@ def test_mocov3_infonce_matches_a_naive_loop_times_2t(n, T):
     assert mocov3_infonce(same, same, T).item() == pytest.approx(2 * T * math.log(n), rel=1e-5)
 
 
+
+# ------------------------------------------------------------------ NNCLR and its support set
+
+def naive_nnclr(nn, p, T):
+    """Eq. 2 of Dwibedi et al. (2021), one anchor at a time: -log of the softmax over the
+    other view's predictions of the positive's similarity."""
+    nn, p = F.normalize(nn.double(), dim=1), F.normalize(p.double(), dim=1)
+    total = 0.0
+    for i in range(len(nn)):
+        logits = [float(nn[i] @ p[j]) / T for j in range(len(p))]
+        total += -logits[i] + math.log(sum(math.exp(v) for v in logits))
+    return total / len(nn)
+
+
+@pytest.mark.parametrize("n, T", [(4, 0.1), (7, 0.2), (3, 1.0)])
+def test_nnclr_loss_matches_a_naive_loop_and_keeps_the_neighbours_constant(n, T):
+    from sslcifar.losses import nnclr_loss
+    g = torch.Generator().manual_seed(n)
+    nn = torch.randn(n, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    p = torch.randn(n, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    loss = nnclr_loss(nn, p, T)
+    assert loss.item() == pytest.approx(naive_nnclr(nn.detach(), p.detach(), T), rel=1e-9)
+    loss.backward()
+    assert nn.grad is None and p.grad.abs().sum() > 0
+    same = torch.ones(n, 6)
+    assert nnclr_loss(same, same, T).item() == pytest.approx(math.log(n), rel=1e-6)
+
+
+def test_nnclr_loss_by_hand():
+    """Two images, nn = (e1, e2), p = (e1, e1), T = 0.5: anchor 1 sees logits (2, 2), anchor 2
+    sees (0, 0): both -log 1/2, the loss is log 2."""
+    from sslcifar.losses import nnclr_loss
+    e1, e2 = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    assert nnclr_loss(torch.stack([e1, e2]), torch.stack([e1, e1]), 0.5).item() == pytest.approx(math.log(2))
+    # p = (e1, e2) instead: anchor 1 logits (2, 0), anchor 2 (0, 2): log(1 + e^-2)
+    assert nnclr_loss(torch.stack([e1, e2]), torch.stack([e1, e2]), 0.5).item() == pytest.approx(
+        math.log(1 + math.exp(-2)))
+
+
+def test_support_set_finds_the_cosine_nearest_row_and_is_a_fifo_that_wraps():
+    from sslcifar.methods.support_set import SupportSet
+    torch.manual_seed(0)
+    s = SupportSet(5, 3).double()
+    z = torch.randn(4, 3, dtype=torch.float64) * torch.tensor([[1.0], [10.0], [0.1], [3.0]], dtype=torch.float64)
+    idx, nn = s.nearest(z)
+    for i in range(4):                  # a naive loop over the rows: the largest cosine
+        cos = [float(F.cosine_similarity(z[i], s.queue[k], dim=0)) for k in range(5)]
+        assert idx[i].item() == max(range(5), key=cos.__getitem__)
+        assert torch.equal(nn[i], s.queue[idx[i]])
+    # 3 then 4 rows into 5 slots: the second push fills rows 3, 4, 0, 1, the pointer ends at 2
+    a, b = torch.randn(3, 3, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
+    s.push(a, torch.tensor([0, 1, 2]))
+    s.push(b, torch.tensor([3, 4, 5, 6]))
+    expect = F.normalize(torch.stack([b[2], b[3], a[2], b[0], b[1]]), dim=1)
+    torch.testing.assert_close(s.queue, expect, rtol=0, atol=1e-15)
+    assert s.labels.tolist() == [5, 6, 2, 3, 4] and s.ptr.item() == 2
+    # a projection already in the support set is its own nearest neighbour (any scale)
+    idx, nn = s.nearest(7 * b[1:2])
+    assert idx.item() == 4 and s.neighbour_accuracy(idx, torch.tensor([4])).item() == 100
+
+
+def _nn_batch(b=6, size=16):
+    from sslcifar.data.batch import Batch
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(b, 3, size, size, generator=g)
+    return Batch([x + 0.1 * torch.randn(x.shape, generator=g), x], torch.arange(b), torch.arange(b) % 3)
+
+
+@pytest.mark.parametrize("name", ["nnclr", "nnbyol", "nnsiam"])
+def test_nn_methods_use_the_neighbours_of_the_queue_before_the_step_then_enqueue_view_1(name):
+    """The method's loss is its formula with targets looked up in the queue as it was before
+    the step (NNCLR: (l(nn1, p2) + l(nn2, p1)) / 2; NNBYOL: byol(p1, nn(zt2)) + byol(p2, nn(zt1));
+    NNSiam: simsiam(p1, p2, nn(z1), nn(z2))), and the first view's projections (NNBYOL: the
+    target's) enter the queue after it."""
+    from sslcifar.losses import byol, nnclr_loss, simsiam
+    from sslcifar.methods import build_method
+    from .test_config import compose_cfg
+    cfg = compose_cfg("simclr", [f"method={name}", "method.queue_size=10", "backbone.width=4",
+                                 "dataset.size=16"])
+    torch.manual_seed(0)
+    m = build_method(cfg, num_train=6, num_classes=3).train()
+    batch = _nn_batch()
+    before = m.support.queue.clone()
+    out = m(batch)
+    b = 6
+    with torch.no_grad():
+        z = m.projector(m.encode(batch.views))        # one pass: the batch statistics of the step
+        p = m.predictor(z)
+        target = m.projector_t(m.encode(batch.views, m.backbone_t)) if name == "nnbyol" else z
+
+    def nearest(x):
+        return before[(F.normalize(x, dim=1) @ before.T).argmax(1)]
+    nn1, nn2 = nearest(target[:b]), nearest(target[b:])
+    expect = {"nnclr": lambda: (nnclr_loss(nn1, p[b:], cfg.loss.temperature)
+                                + nnclr_loss(nn2, p[:b], cfg.loss.temperature)) / 2,
+              "nnbyol": lambda: byol(p[:b], nn2) + byol(p[b:], nn1),
+              "nnsiam": lambda: simsiam(p[:b], p[b:], nn1, nn2)}[name]()
+    torch.testing.assert_close(out["loss"].detach(), expect, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(m.support.queue[:b], F.normalize(target[:b], dim=1), rtol=1e-5, atol=1e-6)
+    assert torch.equal(m.support.queue[b:], before[b:]) and m.support.ptr.item() == 6
+    assert m.support.labels[:b].tolist() == batch.labels.tolist()
+
 # ------------------------------------------------------------------ DINO and SwAV
 
 def naive_dino(student, teacher, center, t_s, t_t, n_global, b):

@@ -141,7 +141,7 @@ LOSS_DEFAULTS = {
     losses.sinkhorn: ("loss/swav", {"iterations": "sinkhorn_iterations"}),
     losses.swav_loss: ("loss/swav", {"iterations": "sinkhorn_iterations"}),
     losses.barlow_twins: ("loss/barlow_twins", {}), losses.vicreg: ("loss/vicreg", {}),
-    losses.SogCLRLoss: ("loss/sogclr", {}),
+    losses.SogCLRLoss: ("loss/sogclr", {}), losses.nnclr_loss: ("loss/nnclr", {}),
     losses.gradient_penalty: ("method/invclr", {"upper_limit": "gp_upper_limit",
                                                 "normalize": "gp_normalize"}),
 }

@@ -1,5 +1,5 @@
 """Contrastive losses as pure functions: NT-Xent (two views or many), SupCon, MoCo's InfoNCE,
-MoCo v3's in-batch InfoNCE.
+MoCo v3's in-batch InfoNCE, NNCLR's neighbour contrast.
 
 Shapes: N samples in the (global) batch, V views, D embedding size, K queue size.
 Similarities are computed in float32 even under bf16 autocast: the softmax over
@@ -194,3 +194,31 @@ def mocov3_infonce(q: torch.Tensor, k: torch.Tensor, temperature: float = 0.2) -
     logits = q @ k.T / temperature
     target = torch.arange(q.shape[0], device=q.device)
     return 2 * temperature * F.cross_entropy(logits, target)
+
+
+def nnclr_loss(nn: torch.Tensor, p: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
+    """NNCLR's contrastive loss, one direction (Dwibedi et al., 2021, "With a Little Help from
+    My Friends", eq. 2), as solo-learn's `nnclr_loss_func` (9187ea39): the nearest
+    neighbour of view 1's projection is the anchor, the other view's prediction of the same
+    image its positive, the other images' predictions its negatives.
+
+        logits = normalize(nn) @ normalize(p)^T / T        [N, N], positive on the diagonal
+        loss = mean cross-entropy over the N anchors
+
+    No gradient flows into nn (a support-set row). NNCLR symmetrises it:
+    (nnclr_loss(nn1, p2) + nnclr_loss(nn2, p1)) / 2. The paper's T is 0.1 (this default);
+    solo-learn's CIFAR and ImageNet scripts use 0.2. Call it on the global batch.
+
+    Args:
+        nn: [N, D] nearest neighbours of one view's projections (support-set rows).
+        p: [N, D] predictions for the other view (row i: the same image as nn[i]).
+        temperature: T > 0.
+
+    Returns:
+        Scalar loss. With everything identical it equals log N.
+    """
+    _check_temperature(temperature)
+    nn = F.normalize(_fp32(nn).detach(), dim=1)
+    p = F.normalize(_fp32(p), dim=1)
+    logits = nn @ p.T / temperature
+    return F.cross_entropy(logits, torch.arange(nn.shape[0], device=nn.device))
