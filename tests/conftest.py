@@ -39,7 +39,7 @@ METHOD_OVERRIDES = {
     "vicreg": ["optimizer.lr=0.1"],
     # a support set that wraps around within the resume test's 8 steps of 16
     "nnclr": ["method.queue_size=40"], "nnbyol": ["method.queue_size=40"],
-    "nnsiam": ["method.queue_size=40"],
+    "nnsiam": ["method.queue_size=40"], "ressl": ["method.queue_size=40"],
 }
 
 

@@ -23,6 +23,7 @@ import torch.multiprocessing as mp
 
 from sslcifar.data.batch import Batch
 from sslcifar.methods import build_method, method_class
+from sslcifar.methods.support_set import SupportSet
 from sslcifar.step import train_step
 
 from .conftest import TINY, method_overrides, method_schedules, registered_methods, run, synthetic_views
@@ -105,7 +106,8 @@ def test_loss_falls_on_a_fixed_tiny_batch(name):
     batch = _batch(name, cfg, 16, noise=0.1)
     opt = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=lr, momentum=0.9)
     now = method_schedules(method, cfg, 100, STEPS_PER_EPOCH)
-    if method_class(name).ema_timing == "before_forward" and "queue" in dict(method.named_buffers()):
+    moco_queue = method_class(name).ema_timing == "before_forward" and "queue" in dict(method.named_buffers())
+    if moco_queue or any(isinstance(m, SupportSet) for m in method.modules()):
         with torch.no_grad():           # fill a queue with real keys first (random at start)
             for _ in range(8):
                 method(Batch(batch.views, batch.index, batch.labels, now=now.at(0)))

@@ -555,6 +555,61 @@ def test_nn_methods_use_the_neighbours_of_the_queue_before_the_step_then_enqueue
     assert torch.equal(m.support.queue[b:], before[b:]) and m.support.ptr.item() == 6
     assert m.support.labels[:b].tolist() == batch.labels.tolist()
 
+
+# ------------------------------------------------------------------ ReSSL
+
+def naive_ressl(q, k, queue, t_s, t_t):
+    """Eq. 4 of Zheng et al. (2021), one image and one queue entry at a time."""
+    total = 0.0
+    for i in range(len(q)):
+        s_t = [math.exp(float(k[i] @ queue[j]) / t_t) for j in range(len(queue))]
+        s_s = [math.exp(float(q[i] @ queue[j]) / t_s) for j in range(len(queue))]
+        total += -sum(a / sum(s_t) * math.log(b / sum(s_s)) for a, b in zip(s_t, s_s))
+    return total / len(q)
+
+
+@pytest.mark.parametrize("n, K, t_s, t_t", [(4, 6, 0.1, 0.04), (3, 9, 0.5, 0.2), (5, 2, 1.0, 1.0)])
+def test_ressl_loss_matches_a_naive_loop_and_trains_only_the_student(n, K, t_s, t_t):
+    from sslcifar.losses import ressl_loss
+    g = torch.Generator().manual_seed(K)
+    unit = lambda *s: F.normalize(torch.randn(*s, generator=g, dtype=torch.float64), dim=1)  # noqa: E731
+    q, k, queue = unit(n, 5).requires_grad_(), unit(n, 5).requires_grad_(), unit(K, 5).requires_grad_()
+    loss = ressl_loss(q, k, queue, t_s, t_t)
+    assert loss.item() == pytest.approx(naive_ressl(q.detach(), k.detach(), queue.detach(), t_s, t_t), rel=1e-9)
+    loss.backward()
+    assert k.grad is None and queue.grad is None and q.grad.abs().sum() > 0
+
+
+def test_ressl_loss_by_hand():
+    """A queue of e1 and -e1, T_s = T_t = 1: the teacher at e1 gives (e/(e+1/e), ...), and a
+    student at q = k has the teacher's entropy; a student at e2 sees (1/2, 1/2): log 2."""
+    from sslcifar.losses import ressl_loss
+    e1, e2 = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]])
+    queue = torch.cat([e1, -e1])
+    a = math.e / (math.e + 1 / math.e)
+    entropy = -(a * math.log(a) + (1 - a) * math.log(1 - a))
+    assert ressl_loss(e1, e1, queue, 1.0, 1.0).item() == pytest.approx(entropy, rel=1e-6)
+    assert ressl_loss(e2, e1, queue, 1.0, 1.0).item() == pytest.approx(math.log(2), rel=1e-6)
+
+
+def test_ressl_compares_the_strong_view_with_the_queue_before_the_step_then_enqueues_the_weak():
+    from sslcifar.losses import ressl_loss
+    from sslcifar.methods import build_method
+    from .test_config import compose_cfg
+    cfg = compose_cfg("simclr", ["method=ressl", "method.queue_size=10", "backbone.width=4",
+                                 "dataset.size=16"])
+    torch.manual_seed(0)
+    m = build_method(cfg, num_train=6, num_classes=3).train()
+    batch = _nn_batch()
+    before = m.queue.queue.clone()
+    out = m(batch)
+    with torch.no_grad():
+        q = F.normalize(m.projector(m.backbone(batch.views[0])), dim=1)
+        k = F.normalize(m.projector_t(m.backbone_t(batch.views[1])), dim=1)
+    torch.testing.assert_close(out["loss"].detach(), ressl_loss(q, k, before, 0.1, 0.04), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(m.queue.queue[:6], k, rtol=1e-5, atol=1e-6)
+    assert torch.equal(m.queue.queue[6:], before[6:])
+
 # ------------------------------------------------------------------ DINO and SwAV
 
 def naive_dino(student, teacher, center, t_s, t_t, n_global, b):

@@ -142,6 +142,7 @@ LOSS_DEFAULTS = {
     losses.swav_loss: ("loss/swav", {"iterations": "sinkhorn_iterations"}),
     losses.barlow_twins: ("loss/barlow_twins", {}), losses.vicreg: ("loss/vicreg", {}),
     losses.SogCLRLoss: ("loss/sogclr", {}), losses.nnclr_loss: ("loss/nnclr", {}),
+    losses.ressl_loss: ("loss/ressl", {}),
     losses.gradient_penalty: ("method/invclr", {"upper_limit": "gp_upper_limit",
                                                 "normalize": "gp_normalize"}),
 }

@@ -1,6 +1,7 @@
 """Losses: pure documented functions (and small modules where a loss keeps state).
 
-    contrastive   nt_xent, nt_xent_multi, supcon, moco_infonce, mocov3_infonce, nnclr_loss
+    contrastive   nt_xent, nt_xent_multi, supcon, moco_infonce, mocov3_infonce, nnclr_loss,
+                  ressl_loss
     sogclr        SogCLRLoss (a per-sample moving-average estimator, in a buffer)
     redundancy    barlow_twins, vicreg (decorrelation of the embedding's dimensions)
     regression    byol, simsiam (prediction of the other view, stop-gradient)
@@ -10,7 +11,8 @@
 Every function documents its tensor shapes, and each is tested against a naive
 implementation and the paper's formula (tests/test_losses.py).
 """
-from .contrastive import moco_infonce, mocov3_infonce, nnclr_loss, nt_xent, nt_xent_multi, supcon
+from .contrastive import (moco_infonce, mocov3_infonce, nnclr_loss, nt_xent, nt_xent_multi, ressl_loss,
+                          supcon)
 from .distill import DINOLoss, sinkhorn, swav_loss
 from .invariance import gradient_penalty
 from .redundancy import barlow_twins, vicreg
@@ -18,4 +20,4 @@ from .regression import byol, simsiam
 from .sogclr import SogCLRLoss
 
 __all__ = ["barlow_twins", "byol", "gradient_penalty", "moco_infonce", "mocov3_infonce", "nnclr_loss", "nt_xent", "nt_xent_multi",
-           "simsiam", "sinkhorn", "supcon", "swav_loss", "vicreg", "DINOLoss", "SogCLRLoss"]
+           "ressl_loss", "simsiam", "sinkhorn", "supcon", "swav_loss", "vicreg", "DINOLoss", "SogCLRLoss"]

@@ -1,5 +1,5 @@
 """Contrastive losses as pure functions: NT-Xent (two views or many), SupCon, MoCo's InfoNCE,
-MoCo v3's in-batch InfoNCE, NNCLR's neighbour contrast.
+MoCo v3's in-batch InfoNCE, NNCLR's neighbour contrast, ReSSL's relational loss.
 
 Shapes: N samples in the (global) batch, V views, D embedding size, K queue size.
 Similarities are computed in float32 even under bf16 autocast: the softmax over
@@ -222,3 +222,33 @@ def nnclr_loss(nn: torch.Tensor, p: torch.Tensor, temperature: float = 0.1) -> t
     p = F.normalize(_fp32(p), dim=1)
     logits = nn @ p.T / temperature
     return F.cross_entropy(logits, torch.arange(nn.shape[0], device=nn.device))
+
+
+def ressl_loss(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, student_temp: float = 0.1,
+               teacher_temp: float = 0.04) -> torch.Tensor:
+    """ReSSL's relational loss (Zheng et al., NeurIPS 2021, "ReSSL: Relational Self-Supervised
+    Learning with Weak Augmentation", eq. 4), as solo-learn's `ressl_loss_func` (9187ea39):
+    the teacher's similarities of a weakly augmented view to a queue of earlier teacher
+    embeddings, sharpened at T_t, are the target of the student's similarities of a strongly
+    augmented view to the same queue at T_s:
+
+        loss = mean_i  -sum_k softmax(k_i . queue_k / T_t) * log softmax(q_i . queue_k / T_s)
+
+    No gradient flows into k or the queue. Call it on the global batch.
+
+    Args:
+        q: [N, D] normalised student embeddings (strong views).
+        k: [N, D] normalised teacher embeddings (weak views of the same images).
+        queue: [K, D] normalised teacher embeddings of earlier batches (rows).
+        student_temp: T_s > 0 (0.1).
+        teacher_temp: T_t > 0 (0.04), sharper than the student's.
+
+    Returns:
+        Scalar loss. When q = k it is the entropy of the teacher's distribution.
+    """
+    _check_temperature(student_temp)
+    _check_temperature(teacher_temp)
+    q = _fp32(q)
+    queue = queue.detach().to(q.dtype)
+    target = torch.softmax(k.detach().to(q.dtype) @ queue.T / teacher_temp, dim=1)   # [N, K]
+    return -(target * torch.log_softmax(q @ queue.T / student_temp, dim=1)).sum(1).mean()
