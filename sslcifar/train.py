@@ -224,6 +224,17 @@ def set_up(cfg, run_dir: Path) -> Run:
     return run
 
 
+def group_lr(group: dict, base_lr: float, lr: float) -> float:
+    """A parameter group's learning rate at a step whose scheduled lr is `lr`: the base lr at
+    every step for a `fixed_lr` group (SimSiam's predictor); for a group with its own
+    `base_lr` (All4One's transformer), the schedule's shape scaled to that base."""
+    if group.get("fixed_lr"):
+        return group.get("base_lr", base_lr)
+    if "base_lr" in group:
+        return lr * group["base_lr"] / base_lr if base_lr > 0 else 0.0
+    return lr
+
+
 def time_arrays(cfg, method, base_lr: float, total_steps: int, steps_per_epoch: int) -> dict:
     """Every per-step array of the run: "lr" (linear warm-up, then cosine to final_lr or
     constant), "weight_decay" (cosine to final_weight_decay, when set), and the method's
@@ -288,7 +299,7 @@ def one_epoch(run: Run):
     for batch in run.batches.epoch(epoch, start):
         step = state.step
         for group in optimizer.param_groups:
-            group["lr"] = run.base_lr if group.get("fixed_lr") else lrs[step]
+            group["lr"] = group_lr(group, run.base_lr, lrs[step])
             if wds is not None and group["wd_schedule"]:
                 group["weight_decay"] = wds[step]
         if cfg.channels_last:

@@ -40,6 +40,7 @@ METHOD_OVERRIDES = {
     # a support set that wraps around within the resume test's 8 steps of 16
     "nnclr": ["method.queue_size=40"], "nnbyol": ["method.queue_size=40"],
     "nnsiam": ["method.queue_size=40"], "ressl": ["method.queue_size=40"],
+    "all4one": ["method.queue_size=40", "method.proj_out_dim=32", "method.transformer_heads=4"],
 }
 
 

@@ -3,7 +3,7 @@
     contrastive   nt_xent, nt_xent_multi, supcon, moco_infonce, mocov3_infonce, nnclr_loss,
                   ressl_loss
     sogclr        SogCLRLoss (a per-sample moving-average estimator, in a buffer)
-    redundancy    barlow_twins, vicreg (decorrelation of the embedding's dimensions)
+    redundancy    barlow_twins, vicreg, all4one_redundancy (decorrelation of the embedding's dimensions)
     regression    byol, simsiam (prediction of the other view, stop-gradient)
     distill       DINOLoss (a centre in a buffer), sinkhorn, swav_loss
     invariance    gradient_penalty (the sensitivity to the augmentation's nuisance parameters)
@@ -15,9 +15,9 @@ from .contrastive import (moco_infonce, mocov3_infonce, nnclr_loss, nt_xent, nt_
                           supcon)
 from .distill import DINOLoss, sinkhorn, swav_loss
 from .invariance import gradient_penalty
-from .redundancy import barlow_twins, vicreg
+from .redundancy import all4one_redundancy, barlow_twins, vicreg
 from .regression import byol, simsiam
 from .sogclr import SogCLRLoss
 
-__all__ = ["barlow_twins", "byol", "gradient_penalty", "moco_infonce", "mocov3_infonce", "nnclr_loss", "nt_xent", "nt_xent_multi",
+__all__ = ["all4one_redundancy", "barlow_twins", "byol", "gradient_penalty", "moco_infonce", "mocov3_infonce", "nnclr_loss", "nt_xent", "nt_xent_multi",
            "ressl_loss", "simsiam", "sinkhorn", "supcon", "swav_loss", "vicreg", "DINOLoss", "SogCLRLoss"]

@@ -205,12 +205,13 @@ def nnclr_loss(nn: torch.Tensor, p: torch.Tensor, temperature: float = 0.1) -> t
         logits = normalize(nn) @ normalize(p)^T / T        [N, N], positive on the diagonal
         loss = mean cross-entropy over the N anchors
 
-    No gradient flows into nn (a support-set row). NNCLR symmetrises it:
+    NNCLR's nn is a support-set row (no gradient); All4One also calls it on two transformer
+    outputs, and the gradient then flows into both. NNCLR symmetrises it:
     (nnclr_loss(nn1, p2) + nnclr_loss(nn2, p1)) / 2. The paper's T is 0.1 (this default);
     solo-learn's CIFAR and ImageNet scripts use 0.2. Call it on the global batch.
 
     Args:
-        nn: [N, D] nearest neighbours of one view's projections (support-set rows).
+        nn: [N, D] nearest neighbours of one view's projections (support-set rows): the anchors.
         p: [N, D] predictions for the other view (row i: the same image as nn[i]).
         temperature: T > 0.
 
@@ -218,7 +219,7 @@ def nnclr_loss(nn: torch.Tensor, p: torch.Tensor, temperature: float = 0.1) -> t
         Scalar loss. With everything identical it equals log N.
     """
     _check_temperature(temperature)
-    nn = F.normalize(_fp32(nn).detach(), dim=1)
+    nn = F.normalize(_fp32(nn), dim=1)
     p = F.normalize(_fp32(p), dim=1)
     logits = nn @ p.T / temperature
     return F.cross_entropy(logits, torch.arange(nn.shape[0], device=nn.device))

@@ -1,5 +1,5 @@
 """Losses that decorrelate the embedding's dimensions instead of contrasting images:
-Barlow Twins and VICReg. Both need the statistics of the *global* batch: call them on
+Barlow Twins, VICReg and All4One's feature term. Both need the statistics of the *global* batch: call them on
 embeddings gathered across processes with `sslcifar.distributed.gather_with_grad`, so
 every rank computes the same loss and the gradients reach every rank in full.
 
@@ -85,3 +85,33 @@ def vicreg(x: torch.Tensor, y: torch.Tensor, sim_coeff: float = 25.0, std_coeff:
     cov_x, cov_y = x.T @ x / (n - 1), y.T @ y / (n - 1)
     covariance = _off_diagonal(cov_x).pow(2).sum() / d + _off_diagonal(cov_y).pow(2).sum() / d
     return sim_coeff * invariance + std_coeff * variance + cov_coeff * covariance
+
+
+def all4one_redundancy(zt1: torch.Tensor, zt2: torch.Tensor, z1: torch.Tensor,
+                       z2: torch.Tensor) -> torch.Tensor:
+    """All4One's feature (redundancy-reduction) term (Estepa et al., ICCV 2023, "All4One:
+    Symbiotic Neighbour Contrastive Learning via Self-Attention and Redundancy Reduction",
+    sec. 3.4), as solo-learn's All4One (9187ea39): the cross-correlation of the momentum
+    projections of one view with the online projections of the other, each column
+    L2-normalised over the batch,
+
+        C_12 = normalize_cols(zt1)^T normalize_cols(z2)      [D, D]   (C_21 likewise)
+        on  = sqrt( (mean_i (C_12[i,i] - 1)^2 + mean_i (C_21[i,i] - 1)^2) / 2 )
+        off = sqrt( (mean_{i!=j} C_12[i,j]^2 + mean_{i!=j} C_21[i,j]^2) / 2 )
+        loss = (on + off) / 2
+
+    (the method weights it by 10 x 0.5). zt1, zt2 receive no gradient.
+
+    Args:
+        zt1, zt2: [N, D] the momentum encoder's (row-normalised) projections of views 1, 2.
+        z1, z2: [N, D] the online projections of views 1, 2.
+
+    Returns:
+        Scalar in [0, ...): 0 when both correlation matrices are the identity.
+    """
+    def corr(a, b):
+        return F.normalize(_fp32(a).detach(), dim=0).T @ F.normalize(_fp32(b), dim=0)
+    c12, c21 = corr(zt1, z2), corr(zt2, z1)
+    on = ((c12.diagonal() - 1).pow(2).mean() + (c21.diagonal() - 1).pow(2).mean()) / 2
+    off = (_off_diagonal(c12).pow(2).mean() + _off_diagonal(c21).pow(2).mean()) / 2
+    return (on.sqrt() + off.sqrt()) / 2

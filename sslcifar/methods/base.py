@@ -169,6 +169,8 @@ class Method(nn.Module):
     def param_groups(self) -> List[dict]:
         """Optimizer parameter groups. Keys besides `params` that the loop reads:
         `fixed_lr` (True: the base lr at every step, no schedule; SimSiam's predictor),
+        `base_lr` (this group's own base lr, unscaled by the batch: the run's schedule scaled
+        to it; All4One's transformer),
         `weight_decay` (a value for this group instead of optimizer.weight_decay).
         Default: every trainable parameter in one group."""
         return [{"params": [p for p in self.parameters() if p.requires_grad]}]

@@ -2,9 +2,9 @@
 from My Friends", sec. 3.2): a FIFO queue of recent projections, and each view's
 projection replaced by its nearest neighbour (cosine) there.
 
-One module, shared by the three methods (and All4One). Semantics of solo-learn at
-9187ea39 (`find_nn`, `dequeue_and_enqueue` of solo/methods/nnclr.py), the reference the
-NNCLR authors never released code for:
+One module, shared by the three methods, All4One (k neighbours each) and ReSSL (its
+queue). Semantics of solo-learn at 9187ea39 (`find_nn`, `dequeue_and_enqueue` of
+solo/methods/nnclr.py), the reference, as the NNCLR authors released no code:
 - the queue starts as random unit vectors, so the first queue_size / batch steps also find
   random neighbours (solo-learn's start; the paper does not say);
 - neighbours are looked up in the queue as it was before this step's projections enter it;
@@ -54,6 +54,13 @@ class SupportSet(nn.Module):
         sim = F.normalize(_fp32(z), dim=1) @ self.queue.to(_fp32(z).dtype).T      # [N, K]
         idx = sim.argmax(dim=1)
         return idx, self.queue[idx].to(z.dtype)
+
+    @torch.no_grad()
+    def neighbours(self, z: torch.Tensor, k: int) -> torch.Tensor:
+        """The k nearest rows by cosine of each row of z [N, D], nearest first: [N, k, D]
+        (All4One's sequences of neighbours; the first is `nearest`'s up to ties)."""
+        sim = F.normalize(_fp32(z), dim=1) @ self.queue.to(_fp32(z).dtype).T      # [N, K]
+        return self.queue[sim.topk(k, dim=1).indices].to(z.dtype)
 
     @torch.no_grad()
     def neighbour_accuracy(self, idx: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
