@@ -37,12 +37,17 @@ class BYOL(Method):
         self.projector_t = frozen_copy(projector)
 
     @classmethod
-    def from_config(cls, cfg, num_train: int, num_classes: int) -> "BYOL":
+    def online_network(cls, cfg):
+        """(backbone, projector, predictor) described by cfg (NNBYOL builds the same)."""
         m = cfg.method
         backbone = cls.make_backbone(cfg)
         projector = cls.make_projector(backbone.num_features, m)
         predictor = projection_mlp(m.proj_out_dim, m.pred_hidden_dim, m.proj_out_dim, 2)
-        return cls(backbone, projector, predictor)
+        return backbone, projector, predictor
+
+    @classmethod
+    def from_config(cls, cfg, num_train: int, num_classes: int) -> "BYOL":
+        return cls(*cls.online_network(cfg))
 
     @classmethod
     def check_config(cls, cfg, view_sizes) -> None:

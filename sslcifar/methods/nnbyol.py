@@ -34,9 +34,7 @@ class NNBYOL(BYOL):
 
     @classmethod
     def from_config(cls, cfg, num_train: int, num_classes: int) -> "NNBYOL":
-        byol_model = BYOL.from_config(cfg, num_train, num_classes)
-        return cls(byol_model.backbone, byol_model.projector, byol_model.predictor,
-                   cfg.method.queue_size)
+        return cls(*cls.online_network(cfg), cfg.method.queue_size)
 
     @classmethod
     def check_config(cls, cfg, view_sizes) -> None:

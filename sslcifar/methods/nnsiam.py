@@ -32,8 +32,8 @@ class NNSiam(SimSiam):
 
     @classmethod
     def from_config(cls, cfg, num_train: int, num_classes: int) -> "NNSiam":
-        s = SimSiam.from_config(cfg, num_train, num_classes)
-        return cls(s.backbone, s.projector, s.predictor, s.fixed_predictor_lr, cfg.method.queue_size)
+        m = cfg.method
+        return cls(*cls.network(cfg), m.fixed_predictor_lr, m.queue_size)
 
     @classmethod
     def check_config(cls, cfg, view_sizes) -> None:

@@ -35,12 +35,17 @@ class SimSiam(Method):
         self.fixed_predictor_lr = fixed_predictor_lr
 
     @classmethod
-    def from_config(cls, cfg, num_train: int, num_classes: int) -> "SimSiam":
+    def network(cls, cfg):
+        """(backbone, projector, predictor) described by cfg (NNSiam builds the same)."""
         m = cfg.method
         backbone = cls.make_backbone(cfg)
         projector = cls.make_projector(backbone.num_features, m)
         predictor = projection_mlp(m.proj_out_dim, m.pred_hidden_dim, m.proj_out_dim, 2)
-        return cls(backbone, projector, predictor, m.fixed_predictor_lr)
+        return backbone, projector, predictor
+
+    @classmethod
+    def from_config(cls, cfg, num_train: int, num_classes: int) -> "SimSiam":
+        return cls(*cls.network(cfg), cfg.method.fixed_predictor_lr)
 
     def param_groups(self):
         encoder = [p for n, p in self.named_parameters() if not n.startswith("predictor.")]
