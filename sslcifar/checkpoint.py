@@ -191,9 +191,9 @@ class RunState:
 
 def estimated_bytes(method, probe, optimizer_name: str) -> int:
     """About the size of a checkpoint: the model's tensors, the optimizer's state (one
-    tensor per parameter for SGD and LARS momentum, two for AdamW), the probe's."""
+    tensor per parameter for SGD and LARS momentum, two for Adam and AdamW), the probe's."""
     def size(module):
         return sum(t.numel() * t.element_size() for t in module.state_dict().values())
     params = sum(p.numel() * p.element_size() for p in method.parameters() if p.requires_grad)
-    per_param = 2 if optimizer_name == "adamw" else 1
+    per_param = 2 if optimizer_name in ("adam", "adamw") else 1
     return size(method) + per_param * params + (3 * size(probe) if probe is not None else 0)

@@ -37,14 +37,14 @@ class BackboneConfig:
 
 @dataclass
 class OptimizerConfig:
-    name: str = declared(choices=("sgd", "lars", "adamw"))
+    name: str = declared(choices=("sgd", "lars", "adam", "adamw"))
     lr: float = declared(NON_NEGATIVE)      # base learning rate, before lr_scaling
     # none | linear (x batch/256) | sqrt (x sqrt(batch))
     lr_scaling: str = declared(choices=("none", "linear", "sqrt"))
     weight_decay: float = declared(NON_NEGATIVE)
     momentum: float = declared(PROBABILITY)
     nesterov: bool = MISSING
-    betas: List[float] = declared("[0, 1)", length=2)            # AdamW
+    betas: List[float] = declared("[0, 1)", length=2)            # Adam, AdamW
     trust_coefficient: float = declared(POSITIVE)               # LARS eta
     lars_variant: str = declared(choices=("sogclr", "solo", "torchlars"))   # sslcifar/optim.py
     clip_lr: bool = MISSING                 # LARS solo: step min(eta * trust, lr) (solo-learn's clip_lr)

@@ -102,7 +102,8 @@ def scaled_lr(base_lr: float, batch_size: int, rule: str) -> float:
 def build_optimizer(params, o, lr: float) -> torch.optim.Optimizer:
     """The optimizer described by cfg.optimizer (`o`) at learning rate `lr`:
     sgd: weight decay on every parameter, as SimCLR-CIFAR10, MoCo and SupContrast do;
-    lars: see LARS (o.lars_variant, o.clip_lr); adamw: torch's AdamW (decoupled weight decay).
+    lars: see LARS (o.lars_variant, o.clip_lr); adam: torch's Adam (weight decay added to the
+    gradient, solo-learn's W-MSE recipe); adamw: torch's AdamW (decoupled weight decay).
     `params`: parameters or parameter groups (a group's own weight_decay wins)."""
     if o.name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=o.momentum, nesterov=o.nesterov,
@@ -110,6 +111,8 @@ def build_optimizer(params, o, lr: float) -> torch.optim.Optimizer:
     if o.name == "lars":
         return LARS(params, lr=lr, momentum=o.momentum, weight_decay=o.weight_decay,
                     trust_coefficient=o.trust_coefficient, variant=o.lars_variant, clip_lr=o.clip_lr)
+    if o.name == "adam":
+        return torch.optim.Adam(params, lr=lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
     if o.name == "adamw":
         return torch.optim.AdamW(params, lr=lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
-    raise ValueError(f"unknown optimizer {o.name!r}: use sgd, lars or adamw")
+    raise ValueError(f"unknown optimizer {o.name!r}: use sgd, lars, adam or adamw")

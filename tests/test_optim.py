@@ -120,7 +120,10 @@ def test_build_optimizer_settings():
     o = compose_cfg(overrides=["optimizer=adamw", "optimizer.betas=[0.9,0.95]"]).optimizer
     adamw = build_optimizer(p, o, 1e-3)
     assert isinstance(adamw, torch.optim.AdamW) and adamw.param_groups[0]["betas"] == (0.9, 0.95)
-    o.name = "adam"
+    o = compose_cfg(overrides=["optimizer=adam", "optimizer.weight_decay=1e-6"]).optimizer
+    adam = build_optimizer(p, o, 2e-3)
+    assert type(adam) is torch.optim.Adam and adam.param_groups[0]["weight_decay"] == 1e-6
+    o.name = "rmsprop"
     with pytest.raises(ValueError, match="unknown optimizer"):
         build_optimizer(p, o, 1.0)
 
