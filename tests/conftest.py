@@ -40,6 +40,9 @@ METHOD_OVERRIDES = {
     # a support set that wraps around within the resume test's 8 steps of 16
     "nnclr": ["method.queue_size=40"], "nnbyol": ["method.queue_size=40"],
     "nnsiam": ["method.queue_size=40"], "ressl": ["method.queue_size=40"],
+    # whitening sub-batches of 4 in 2 dimensions, 2 partitions per step: the 2-process
+    # test's batch of 8 is cut in 2, the tiny runs' 16 in 4
+    "wmse": ["method.proj_out_dim=2", "loss.w_size=4", "loss.w_iter=2"],
     "all4one": ["method.queue_size=40", "method.proj_out_dim=32", "method.transformer_heads=4"],
 }
 

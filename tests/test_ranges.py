@@ -143,6 +143,8 @@ LOSS_DEFAULTS = {
     losses.barlow_twins: ("loss/barlow_twins", {}), losses.vicreg: ("loss/vicreg", {}),
     losses.SogCLRLoss: ("loss/sogclr", {}), losses.nnclr_loss: ("loss/nnclr", {}),
     losses.ressl_loss: ("loss/ressl", {}),
+    losses.wmse_loss: ("loss/wmse", {}), losses.whiten_cholesky: ("loss/wmse", {}),
+    losses.vibcreg_loss: ("loss/vibcreg", {}),
     losses.gradient_penalty: ("method/invclr", {"upper_limit": "gp_upper_limit",
                                                 "normalize": "gp_normalize"}),
 }
