@@ -44,6 +44,10 @@ METHOD_OVERRIDES = {
     # test's batch of 8 is cut in 2, the tiny runs' 16 in 4
     "wmse": ["method.proj_out_dim=2", "loss.w_size=4", "loss.w_iter=2"],
     "all4one": ["method.queue_size=40", "method.proj_out_dim=32", "method.transformer_heads=4"],
+    # k-means from step 0 (a random initial bank), 2 small prototype sets that fit a bank of
+    # 16 images, a narrow head: the resume test clusters at steps 0 and 4 (epoch 1)
+    "deepclusterv2": ["method.bank_init=random", "method.num_prototypes=[4,3]",
+                      "method.proj_hidden_dim=64", "method.proj_out_dim=16"],
 }
 
 

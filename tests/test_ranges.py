@@ -145,6 +145,8 @@ LOSS_DEFAULTS = {
     losses.ressl_loss: ("loss/ressl", {}),
     losses.wmse_loss: ("loss/wmse", {}), losses.whiten_cholesky: ("loss/wmse", {}),
     losses.vibcreg_loss: ("loss/vibcreg", {}),
+    losses.deepclusterv2_loss: ("loss/deepclusterv2", {}),
+    losses.spherical_kmeans: ("loss/deepclusterv2", {"iterations": "kmeans_iterations"}),
     losses.gradient_penalty: ("method/invclr", {"upper_limit": "gp_upper_limit",
                                                 "normalize": "gp_normalize"}),
 }

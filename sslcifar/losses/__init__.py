@@ -6,12 +6,14 @@
     redundancy    barlow_twins, vicreg, all4one_redundancy (decorrelation of the embedding's dimensions)
     regression    byol, simsiam (prediction of the other view, stop-gradient)
     distill       DINOLoss (a centre in a buffer), sinkhorn, swav_loss
+    cluster       spherical_kmeans, deepclusterv2_loss (DeepCluster V2: k-means targets)
     whitening     whiten_cholesky, wmse_loss (W-MSE), whiten_iterative, vibcreg_loss (VIbCReg)
     invariance    gradient_penalty (the sensitivity to the augmentation's nuisance parameters)
 
 Every function documents its tensor shapes, and each is tested against a naive
 implementation and the paper's formula (tests/test_losses.py).
 """
+from .cluster import deepclusterv2_loss, spherical_kmeans
 from .contrastive import (moco_infonce, mocov3_infonce, nnclr_loss, nt_xent, nt_xent_multi, ressl_loss,
                           supcon)
 from .distill import DINOLoss, sinkhorn, swav_loss
@@ -21,6 +23,6 @@ from .regression import byol, simsiam
 from .sogclr import SogCLRLoss
 from .whitening import vibcreg_loss, whiten_cholesky, whiten_iterative, wmse_loss
 
-__all__ = ["all4one_redundancy", "barlow_twins", "byol", "gradient_penalty", "moco_infonce", "mocov3_infonce", "nnclr_loss", "nt_xent", "nt_xent_multi",
+__all__ = ["all4one_redundancy", "barlow_twins", "byol", "deepclusterv2_loss", "spherical_kmeans", "gradient_penalty", "moco_infonce", "mocov3_infonce", "nnclr_loss", "nt_xent", "nt_xent_multi",
            "ressl_loss", "simsiam", "sinkhorn", "supcon", "swav_loss", "vicreg", "vibcreg_loss", "whiten_cholesky", "whiten_iterative", "wmse_loss",
            "DINOLoss", "SogCLRLoss"]
