@@ -11,7 +11,7 @@
     invariance    gradient_penalty (the sensitivity to the augmentation's nuisance parameters)
 
 Every function documents its tensor shapes, and each is tested against a naive
-implementation and the paper's formula (tests/test_losses.py).
+implementation and the paper's formula (tests/test_losses*.py).
 """
 from .cluster import deepclusterv2_loss, spherical_kmeans
 from .contrastive import (moco_infonce, mocov3_infonce, nnclr_loss, nt_xent, nt_xent_multi, ressl_loss,
