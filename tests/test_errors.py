@@ -2,6 +2,8 @@
 non-zero exit, no traceback, and nothing already saved is lost."""
 import pytest
 
+from sslcifar.methods import METHODS
+
 from .conftest import TINY, run
 
 
@@ -133,8 +135,13 @@ def test_a_method_that_takes_two_views_refuses_three_in_one_line(tmp_path):
                                          "pretrained=RUN_DIR/checkpoints/epoch_N.pt"),
     ("simclr.py", "moco_k=4096", "moco_k is not a config key. Fix: use method.queue_size (under "
                                  "method=moco: moco.py, or simclr.py method=moco)"),
+    # every method with a queue, in name order (the registry's; the list grows with it)
     ("simclr.py", "method.queue_size=4096", "method.queue_size is not a key of the chosen method. "
-                                            "Fix: method.queue_size belongs to method=moco, method=swav"),
+                                            "Fix: method.queue_size belongs to " + ", ".join(
+                                                f"method={m}" for m in sorted(
+                                                    n for n, c in METHODS.items()
+                                                    if "queue_size" in c.Config.__dataclass_fields__))
+                                            + ": choose one of them"),
     ("simclr.py", "method=byol loss.gamma=0.5", "loss.gamma is not a key of the chosen method. "
                                                "Fix: loss.gamma belongs to method=sogclr"),
     ("simclr.py", "dataset.root=~/data", "dataset.root=~/data: an unquoted ~ is not expanded here"),
