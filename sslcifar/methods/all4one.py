@@ -133,8 +133,8 @@ class All4One(Method):
         with torch.no_grad():
             zt = F.normalize(self.projector_t(self.encode(batch.views, self.backbone_t)), dim=1)
         # the k nearest momentum projections of each view, in the queue before this step
-        nn1, nn2 = self.support.neighbours(zt[:b], self.k), self.support.neighbours(zt[b:], self.k)
-        idx1, _ = self.support.nearest(zt[:b])
+        idx1, nn1 = self.support.neighbours(zt[:b], self.k)
+        _, nn2 = self.support.neighbours(zt[b:], self.k)
         # centroid contrast: neighbours' summary against the shifted sequence of the other view
         rich1, rich2 = self._summary(nn1), self._summary(nn2)
         shift1 = self._summary(torch.cat([p_2[:b, None], nn1[:, :-1]], dim=1))
@@ -151,7 +151,7 @@ class All4One(Method):
         redundancy = all4one_redundancy(gather(zt[:b]), gather(zt[b:]), zg1, zg2)
         w_nn, w_centroid, w_red = self.weights
         loss = w_nn * neighbour + w_centroid * centroid + w_red * redundancy
-        nn_acc = self.support.neighbour_accuracy(idx1, batch.labels)
+        nn_acc = self.support.neighbour_accuracy(idx1[:, 0], batch.labels)
         self.support.push(zt[:b], batch.labels)
         return {"loss": loss, "features": h[:b].detach(), "z_std": self.collapse_std(z[:b]),
                 "nn_acc": nn_acc, "loss_neighbour": neighbour.detach(),

@@ -56,11 +56,13 @@ class SupportSet(nn.Module):
         return idx, self.queue[idx].to(z.dtype)
 
     @torch.no_grad()
-    def neighbours(self, z: torch.Tensor, k: int) -> torch.Tensor:
-        """The k nearest rows by cosine of each row of z [N, D], nearest first: [N, k, D]
-        (All4One's sequences of neighbours; the first is `nearest`'s up to ties)."""
+    def neighbours(self, z: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The k nearest rows by cosine of each row of z [N, D], nearest first: their indices
+        [N, k] and the rows [N, k, D] (All4One's sequences of neighbours; the first is
+        `nearest`'s up to ties)."""
         sim = F.normalize(_fp32(z), dim=1) @ self.queue.to(_fp32(z).dtype).T      # [N, K]
-        return self.queue[sim.topk(k, dim=1).indices].to(z.dtype)
+        idx = sim.topk(k, dim=1).indices
+        return idx, self.queue[idx].to(z.dtype)
 
     @torch.no_grad()
     def neighbour_accuracy(self, idx: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
