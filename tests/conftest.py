@@ -48,6 +48,8 @@ METHOD_OVERRIDES = {
     # 16 images, a narrow head: the resume test clusters at steps 0 and 4 (epoch 1)
     "deepclusterv2": ["method.bank_init=random", "method.num_prototypes=[4,3]",
                       "method.proj_hidden_dim=64", "method.proj_out_dim=16"],
+    # 3 views instead of 8 (4 for FastSiam, its own number, stays)
+    "mmcr": ["augment.groups.0.count=3"],
 }
 
 

@@ -1,10 +1,12 @@
 """Losses: pure documented functions (and small modules where a loss keeps state).
 
     contrastive   nt_xent, nt_xent_multi, supcon, moco_infonce, mocov3_infonce, nnclr_loss,
-                  ressl_loss
+                  ressl_loss, dcl_loss (DCL and DCLW)
     sogclr        SogCLRLoss (a per-sample moving-average estimator, in a buffer)
-    redundancy    barlow_twins, vicreg, all4one_redundancy (decorrelation of the embedding's dimensions)
-    regression    byol, simsiam (prediction of the other view, stop-gradient)
+    redundancy    barlow_twins, vicreg, all4one_redundancy, tico_loss (decorrelation of the
+                  embedding's dimensions)
+    regression    byol, simsiam, fastsiam_loss (prediction of the other views, stop-gradient)
+    spectral      mmcr_loss (MMCR: nuclear norms of the views' centroids)
     distill       DINOLoss (a centre in a buffer), sinkhorn, swav_loss
     cluster       spherical_kmeans, deepclusterv2_loss (DeepCluster V2: k-means targets)
     whitening     whiten_cholesky, wmse_loss (W-MSE), whiten_iterative, vibcreg_loss (VIbCReg)
@@ -14,15 +16,16 @@ Every function documents its tensor shapes, and each is tested against a naive
 implementation and the paper's formula (tests/test_losses*.py).
 """
 from .cluster import deepclusterv2_loss, spherical_kmeans
-from .contrastive import (moco_infonce, mocov3_infonce, nnclr_loss, nt_xent, nt_xent_multi, ressl_loss,
+from .contrastive import (dcl_loss, moco_infonce, mocov3_infonce, nnclr_loss, nt_xent, nt_xent_multi, ressl_loss,
                           supcon)
 from .distill import DINOLoss, sinkhorn, swav_loss
 from .invariance import gradient_penalty
-from .redundancy import all4one_redundancy, barlow_twins, vicreg
-from .regression import byol, simsiam
+from .redundancy import all4one_redundancy, barlow_twins, tico_loss, vicreg
+from .regression import byol, fastsiam_loss, simsiam
 from .sogclr import SogCLRLoss
+from .spectral import mmcr_loss
 from .whitening import vibcreg_loss, whiten_cholesky, whiten_iterative, wmse_loss
 
-__all__ = ["all4one_redundancy", "barlow_twins", "byol", "deepclusterv2_loss", "spherical_kmeans", "gradient_penalty", "moco_infonce", "mocov3_infonce", "nnclr_loss", "nt_xent", "nt_xent_multi",
+__all__ = ["all4one_redundancy", "barlow_twins", "byol", "dcl_loss", "deepclusterv2_loss", "fastsiam_loss", "mmcr_loss", "tico_loss", "spherical_kmeans", "gradient_penalty", "moco_infonce", "mocov3_infonce", "nnclr_loss", "nt_xent", "nt_xent_multi",
            "ressl_loss", "simsiam", "sinkhorn", "supcon", "swav_loss", "vicreg", "vibcreg_loss", "whiten_cholesky", "whiten_iterative", "wmse_loss",
            "DINOLoss", "SogCLRLoss"]

@@ -1,5 +1,6 @@
 """Contrastive losses as pure functions: NT-Xent (two views or many), SupCon, MoCo's InfoNCE,
-MoCo v3's in-batch InfoNCE, NNCLR's neighbour contrast, ReSSL's relational loss.
+MoCo v3's in-batch InfoNCE, NNCLR's neighbour contrast, ReSSL's relational loss, DCL's
+decoupled contrast (DCLW weighted).
 
 Shapes: N samples in the (global) batch, V views, D embedding size, K queue size.
 Similarities are computed in float32 even under bf16 autocast: the softmax over
@@ -253,3 +254,52 @@ def ressl_loss(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, student_te
     queue = queue.detach().to(q.dtype)
     target = torch.softmax(k.detach().to(q.dtype) @ queue.T / teacher_temp, dim=1)   # [N, K]
     return -(target * torch.log_softmax(q @ queue.T / student_temp, dim=1)).sum(1).mean()
+
+
+def dcl_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.1,
+             weight_sigma: float = None) -> torch.Tensor:
+    """Decoupled contrastive loss (Yeh et al., ECCV 2022, "Decoupled Contrastive Learning",
+    eq. 6): NT-Xent without the positive in the denominator, as lightly's `DCLLoss` /
+    `DCLWLoss` (lightly e8d317fc, lightly/loss/dcl_loss.py). With s the cosine similarity,
+    for anchor i of view a and its positive in view b:
+
+        l_i = -w_i s(a_i, b_i) / T + log( sum_{j != i} exp(s(a_i, a_j)/T)
+                                          + sum_{j != i} exp(s(a_i, b_j)/T) )
+
+    averaged over i, and the two directions (a, b) = (1, 2), (2, 1) averaged. DCL: w_i = 1.
+    DCLW (`weight_sigma` = sigma, 0.5 in the paper and lightly) weights the positive by the
+    negative von Mises-Fisher weight, no gradient through it,
+
+        w_i = 2 - N exp(s(z1_i, z2_i)/sigma) / sum_k exp(s(z1_k, z2_k)/sigma),
+
+    over the whole (global) batch: lightly computes it over each GPU's own batch, so on
+    several GPUs its weights differ from one process's; here 2 processes equal 1.
+
+    Args:
+        z1: [N, D] embeddings of the first views, not yet normalised.
+        z2: [N, D] embeddings of the second views (row i pairs with z1[i]).
+        temperature: T > 0 (0.1, lightly's default and its CIFAR benchmark's).
+        weight_sigma: sigma > 0 for DCLW; None: DCL.
+
+    Returns:
+        Scalar loss. With all embeddings identical (and w = 1) it equals
+        -1/T + 1/T + log(2N - 2) = log(2N - 2).
+    """
+    _check_temperature(temperature)
+    z1 = F.normalize(_fp32(z1), dim=1)
+    z2 = F.normalize(_fp32(z2), dim=1)
+    n = z1.shape[0]
+    positive = (z1 * z2).sum(1)                                           # [N]
+    if weight_sigma is not None:
+        _check_temperature(weight_sigma)
+        w = 2 - n * torch.softmax(positive.detach() / weight_sigma, dim=0)
+    else:
+        w = torch.ones_like(positive)
+    off = ~torch.eye(n, dtype=torch.bool, device=z1.device)
+
+    def one_direction(a, b):
+        negatives = torch.cat([(a @ a.T)[off].view(n, n - 1),
+                               (a @ b.T)[off].view(n, n - 1)], dim=1) / temperature
+        return (-w * positive / temperature + torch.logsumexp(negatives, dim=1)).mean()
+
+    return 0.5 * (one_direction(z1, z2) + one_direction(z2, z1))

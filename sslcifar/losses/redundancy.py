@@ -1,5 +1,5 @@
 """Losses that decorrelate the embedding's dimensions instead of contrasting images:
-Barlow Twins, VICReg and All4One's feature term. Both need the statistics of the *global* batch: call them on
+Barlow Twins, VICReg, All4One's feature term and TiCo's covariance contrast. They need the statistics of the *global* batch: call them on
 embeddings gathered across processes with `sslcifar.distributed.gather_with_grad`, so
 every rank computes the same loss and the gradients reach every rank in full.
 
@@ -115,3 +115,35 @@ def all4one_redundancy(zt1: torch.Tensor, zt2: torch.Tensor, z1: torch.Tensor,
     on = ((c12.diagonal() - 1).pow(2).mean() + (c21.diagonal() - 1).pow(2).mean()) / 2
     off = (_off_diagonal(c12).pow(2).mean() + _off_diagonal(c21).pow(2).mean()) / 2
     return (on.sqrt() + off.sqrt()) / 2
+
+
+def tico_loss(z1: torch.Tensor, z2: torch.Tensor, C: torch.Tensor, beta: float = 0.9,
+              rho: float = 8.0):
+    """TiCo's loss (Zhu et al., 2022, "TiCo: Transformation Invariance and Covariance
+    Contrast for Self-Supervised Visual Representation Learning", eq. 5), as lightly's
+    `TiCoLoss` (lightly e8d317fc, lightly/loss/tico_loss.py). With z1, z2 normalised:
+
+        C_new = beta C + (1 - beta) z1^T z1 / N           (no gradient: a running covariance)
+        loss  = 1 - mean_n <z1_n, z2_n>  +  rho mean_n z1_n^T C_new z1_n
+
+    the invariance term pulls the views together, the covariance contrast pushes z1 away
+    from the directions the recent batches filled. The method keeps C in a buffer (zeros
+    at the start, as lightly) and stores C_new after each step.
+
+    Args:
+        z1: [N, D] online embeddings (not yet normalised); the gradient flows here.
+        z2: [N, D] embeddings of the other views (the momentum encoder's in TiCo).
+        C: [D, D] the running covariance before this step.
+        beta: the running covariance's EMA coefficient (0.9).
+        rho: the covariance contrast's weight (8, lightly's default and the paper's).
+
+    Returns:
+        (loss, C_new): the scalar loss and the [D, D] covariance to keep (detached).
+    """
+    z1 = F.normalize(_fp32(z1), dim=1)
+    z2 = F.normalize(_fp32(z2), dim=1)
+    batch_cov = (z1.T @ z1).detach() / z1.shape[0]
+    C_new = beta * C.to(z1.dtype) + (1 - beta) * batch_cov
+    invariance = 1 - (z1 * z2).sum(1).mean()
+    contrast = ((z1 @ C_new) * z1).sum(1).mean()
+    return invariance + rho * contrast, C_new

@@ -1,6 +1,7 @@
 """Losses that regress one view's embedding onto the other's, with a stop-gradient:
-BYOL and SimSiam. Without negatives, they rely on the predictor and the stop-gradient
-(and, for BYOL, a slowly moving target) to avoid collapse.
+BYOL, SimSiam and FastSiam (onto the mean of the other views). Without negatives, they
+rely on the predictor and the stop-gradient (and, for BYOL, a slowly moving target) to
+avoid collapse.
 
 Shapes: N samples, D embedding size.
 """
@@ -42,3 +43,26 @@ def simsiam(p1: torch.Tensor, p2: torch.Tensor, z1: torch.Tensor, z2: torch.Tens
         Scalar in [-1, 1]; -1 when every prediction is parallel to the other view's projection.
     """
     return -0.5 * (_mean_cos(p1, z2) + _mean_cos(p2, z1))
+
+
+def fastsiam_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """FastSiam's loss (Pototzky et al., 2022, "FastSiam: Resource-Efficient Self-supervised
+    Learning on a Single GPU"), as lightly's benchmark `FastSiamModel` (lightly e8d317fc):
+    each view's prediction regresses, by negative cosine, the mean of the *other* views'
+    projections, with a stop-gradient; averaged over the views and the batch:
+
+        loss = -1/V sum_i mean_n cos(p[n, i], sg(1/(V-1) sum_{j != i} z[n, j]))
+
+    With V = 2 it is SimSiam's symmetric loss.
+
+    Args:
+        p: [N, V, D] predictions, view by view.
+        z: [N, V, D] projections of the same views (no gradient flows into them here).
+
+    Returns:
+        Scalar in [-1, 1]; -1 when every prediction is parallel to its target.
+    """
+    v = z.shape[1]
+    z = _fp32(z).detach()
+    targets = (z.sum(1, keepdim=True) - z) / (v - 1)            # [N, V, D]: the others' mean
+    return -F.cosine_similarity(_fp32(p), targets, dim=2).mean()

@@ -1,0 +1,220 @@
+"""lightly's methods and the newest ones: DCL/DCLW, FastSiam, TiCo and MMCR's losses against
+naive loops written here (values and gradients, in float64) and against the papers'
+formulas on cases small enough to compute by hand; TiCo's running covariance as the method
+keeps it."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sslcifar.losses import dcl_loss, fastsiam_loss, mmcr_loss, nt_xent, simsiam, tico_loss
+
+
+def _randn(*shape, seed=0, grad=True):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g, dtype=torch.float64).requires_grad_(grad)
+
+
+def _unit(v):
+    return v / torch.sqrt((v * v).sum())
+
+
+def _grads(loss, *xs):
+    return torch.autograd.grad(loss, xs)
+
+
+# ---------------------------------------------------------------------- DCL / DCLW
+
+def naive_dcl(z1, z2, T, sigma=None):
+    """Eq. 6 of Yeh et al. (2022) one anchor at a time: the positive's -w s/T plus the log of
+    the sum over the 2N - 2 negatives (the same view's other images and the other view's);
+    DCLW's weights 2 - N exp(s_ii/sigma) / sum_k exp(s_kk/sigma) taken as constants."""
+    n = len(z1)
+    a = [_unit(z1[i]) for i in range(n)]
+    b = [_unit(z2[i]) for i in range(n)]
+    pos = [a[i] @ b[i] for i in range(n)]
+    if sigma is None:
+        w = [1.0] * n
+    else:
+        e = [math.exp(float(p.detach()) / sigma) for p in pos]
+        w = [2 - n * e[i] / sum(e) for i in range(n)]
+    total = 0
+    for x, y in ((a, b), (b, a)):
+        for i in range(n):
+            negs = [x[i] @ x[j] / T for j in range(n) if j != i] + \
+                   [x[i] @ y[j] / T for j in range(n) if j != i]
+            total = total + (-w[i] * pos[i] / T + torch.log(sum(torch.exp(v) for v in negs))) / n
+    return total / 2
+
+
+@pytest.mark.parametrize("n, T, sigma", [(4, 0.1, None), (5, 0.5, None), (4, 0.1, 0.5), (6, 0.2, 1.0)])
+def test_dcl_loss_matches_a_naive_loop_values_and_gradients(n, T, sigma):
+    z1, z2 = _randn(n, 5, seed=n), _randn(n, 5, seed=n + 100)
+    ours, ref = dcl_loss(z1, z2, T, sigma), naive_dcl(z1, z2, T, sigma)
+    torch.testing.assert_close(ours, ref, atol=1e-12, rtol=1e-12)
+    for g, r in zip(_grads(ours, z1, z2), _grads(ref, z1, z2)):
+        torch.testing.assert_close(g, r, atol=1e-12, rtol=1e-10)
+
+
+def test_dcl_loss_by_hand_and_against_nt_xent():
+    """Identical embeddings: every similarity 1, the loss -1/T + 1/T + log(2N - 2). And DCL
+    is NT-Xent without the positive in the denominator: always below it."""
+    n, T = 4, 0.1
+    same = torch.ones(n, 3, dtype=torch.float64)
+    assert dcl_loss(same, same, T).item() == pytest.approx(math.log(2 * n - 2), rel=1e-12)
+    # DCLW on identical pairs: every weight 2 - N/N = 1, the same value
+    assert dcl_loss(same, same, T, 0.5).item() == pytest.approx(math.log(2 * n - 2), rel=1e-12)
+    z1, z2 = _randn(8, 6, seed=1, grad=False), _randn(8, 6, seed=2, grad=False)
+    assert dcl_loss(z1, z2, 0.5) < nt_xent(z1, z2, 0.5)
+    # two images, views aligned and orthogonal (e1, e2): positives s=1, negatives 0 and 0
+    e = torch.eye(2, dtype=torch.float64)
+    assert dcl_loss(e, e, 1.0).item() == pytest.approx(-1 + math.log(2), rel=1e-12)
+
+
+def test_dclw_weights_favour_the_harder_positives_and_carry_no_gradient():
+    """The weight of a pair is larger when its views disagree (lower s_ii): the loss weights
+    hard positives up. Changing sigma changes the loss but the gradient is that of the
+    weighted sum with the weights held fixed (checked against the naive loop above)."""
+    z1 = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    z2 = torch.tensor([[1.0, 0.0], [1.0, 1.0]], dtype=torch.float64)     # pair 2 disagrees
+    s = torch.tensor([1.0, 1 / math.sqrt(2)], dtype=torch.float64)
+    w = 2 - 2 * torch.softmax(s / 0.5, 0)
+    assert w[1] > 1 > w[0]
+    assert dcl_loss(z1, z2, 1.0, 0.5).item() == pytest.approx(naive_dcl(z1, z2, 1.0, 0.5).item(), rel=1e-12)
+
+
+# ---------------------------------------------------------------------- FastSiam
+
+def naive_fastsiam(p, z):
+    """lightly's FastSiamModel.training_step: for each view i, the negative cosine of its
+    prediction and the mean of the other views' projections (no gradient), averaged over
+    the batch, divided by the number of views, summed."""
+    n, v, _ = p.shape
+    loss = 0
+    for i in range(v):
+        others = torch.stack([z[:, j] for j in range(v) if j != i]).mean(0).detach()
+        loss = loss - F.cosine_similarity(p[:, i], others, dim=1).mean() / v
+    return loss
+
+
+@pytest.mark.parametrize("v", [2, 3, 4, 6])
+def test_fastsiam_loss_matches_lightly_s_loop_and_trains_only_the_predictions(v):
+    p, z = _randn(5, v, 7, seed=v), _randn(5, v, 7, seed=v + 10)
+    ours, ref = fastsiam_loss(p, z), naive_fastsiam(p, z)
+    torch.testing.assert_close(ours, ref, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(_grads(ours, p)[0], _grads(ref, p)[0], atol=1e-12, rtol=1e-10)
+    assert torch.autograd.grad(fastsiam_loss(p, z), z, allow_unused=True)[0] is None
+
+
+def test_fastsiam_with_two_views_is_simsiam_and_by_hand():
+    p, z = _randn(4, 2, 5, seed=3, grad=False), _randn(4, 2, 5, seed=4, grad=False)
+    torch.testing.assert_close(fastsiam_loss(p, z), simsiam(p[:, 0], p[:, 1], z[:, 0], z[:, 1]))
+    # 3 views: z = e1, e2, e1+... the mean of the others of view 0 is (e2 + e3)/2, p0 along it
+    e = torch.eye(3, dtype=torch.float64)
+    z = e.unsqueeze(0)                                              # [1, 3, 3]: views e1, e2, e3
+    p = torch.stack([e[1] + e[2], e[0] + e[2], e[0] + e[1]]).unsqueeze(0)
+    assert fastsiam_loss(p, z).item() == pytest.approx(-1.0, rel=1e-12)
+    assert fastsiam_loss(e.unsqueeze(0), z).item() == pytest.approx(0.0, abs=1e-12)
+
+
+# ---------------------------------------------------------------------- TiCo
+
+def naive_tico(z1, z2, C, beta, rho):
+    """Eq. 5 of Zhu et al. (2022), entry by entry: B = 1/N sum_n z1_n z1_n^T of the normalised
+    online embeddings (a constant), C' = beta C + (1 - beta) B, and
+    1 - mean <z1_n, z2_n> + rho mean z1_n^T C' z1_n."""
+    n, d = z1.shape
+    a = [_unit(z1[i]) for i in range(n)]
+    b = [_unit(z2[i]) for i in range(n)]
+    B = [[sum(float(a[k][i]) * float(a[k][j]) for k in range(n)) / n for j in range(d)] for i in range(d)]
+    Cn = torch.tensor([[beta * float(C[i, j]) + (1 - beta) * B[i][j] for j in range(d)] for i in range(d)],
+                      dtype=torch.float64)
+    inv = 1 - sum(a[k] @ b[k] for k in range(n)) / n
+    contrast = sum(sum(a[k][i] * Cn[i, j] * a[k][j] for i in range(d) for j in range(d)) for k in range(n)) / n
+    return inv + rho * contrast, Cn
+
+
+@pytest.mark.parametrize("beta, rho", [(0.9, 8.0), (0.5, 1.0), (0.0, 20.0)])
+def test_tico_loss_matches_a_naive_loop_values_gradients_and_the_new_covariance(beta, rho):
+    z1, z2 = _randn(5, 4, seed=1), _randn(5, 4, seed=2, grad=False)
+    C = _randn(4, 4, seed=3, grad=False)
+    C = C @ C.T / 4                                                  # a covariance
+    (ours, C_new), (ref, C_ref) = tico_loss(z1, z2, C, beta, rho), naive_tico(z1, z2, C, beta, rho)
+    torch.testing.assert_close(ours, ref, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(C_new, C_ref, atol=1e-14, rtol=1e-12)
+    assert not C_new.requires_grad
+    torch.testing.assert_close(_grads(ours, z1)[0], _grads(ref, z1)[0], atol=1e-12, rtol=1e-10)
+
+
+def test_tico_loss_by_hand():
+    """z1 = z2 = (e1, e2), C = 0, beta 1/2, rho 1: B = I/2, C' = I/4, the invariance term 0
+    and the contrast 1/4."""
+    e = torch.eye(2, dtype=torch.float64)
+    loss, C_new = tico_loss(e, e, torch.zeros(2, 2, dtype=torch.float64), 0.5, 1.0)
+    assert loss.item() == pytest.approx(0.25, rel=1e-12)
+    torch.testing.assert_close(C_new, e / 4)
+
+
+def test_tico_keeps_the_running_covariance_of_its_online_embeddings():
+    """One forward of method=tico: C becomes (1 - beta) z1^T z1 / N of view 1's online
+    projections (C starts at zeros, as lightly's), and the next forward starts from it."""
+    from sslcifar.data.batch import Batch
+    from sslcifar.methods import build_method
+    from .test_config import compose_cfg
+    cfg = compose_cfg("simclr", ["method=tico", "backbone.width=4", "dataset.size=16"])
+    torch.manual_seed(0)
+    method = build_method(cfg, num_train=16, num_classes=3).double().eval()
+    views = [_randn(6, 3, 16, 16, seed=s, grad=False) for s in (1, 2)]
+    batch = Batch(views=views, labels=torch.zeros(6, dtype=torch.long), index=torch.arange(6))
+    assert torch.equal(method.C, torch.zeros_like(method.C))
+    with torch.no_grad():
+        method(batch)
+        z1 = F.normalize(method.projector(method.backbone(views[0])), dim=1)
+    beta = cfg.loss.beta
+    torch.testing.assert_close(method.C, (1 - beta) * z1.T @ z1 / 6, atol=1e-14, rtol=1e-12)
+    first = method.C.clone()
+    with torch.no_grad():
+        method(batch)
+    torch.testing.assert_close(method.C, beta * first + (1 - beta) * z1.T @ z1 / 6, atol=1e-14, rtol=1e-12)
+
+
+# ---------------------------------------------------------------------- MMCR
+
+def naive_nuclear(m):
+    """The nuclear norm as the sum of the square roots of the eigenvalues of M M^T (or M^T M,
+    the smaller)."""
+    g = m @ m.T if m.shape[0] <= m.shape[1] else m.T @ m
+    return torch.linalg.eigvalsh(g).clamp_min(0).sqrt().sum()
+
+
+def naive_mmcr(z, lmbda):
+    """Eq. 3 of Yerxa et al. (2023) written out: normalise each view, average each image's
+    views, -||centroids||_* + lmbda / N sum_n ||Z_n||_*."""
+    n, v, d = z.shape
+    unit = torch.stack([torch.stack([_unit(z[i, j]) for j in range(v)]) for i in range(n)])
+    centroids = torch.stack([sum(unit[i, j] for j in range(v)) / v for i in range(n)])
+    local = sum(naive_nuclear(unit[i]) for i in range(n)) / n
+    return -naive_nuclear(centroids) + lmbda * local
+
+
+@pytest.mark.parametrize("n, v, d, lmbda", [(6, 4, 5, 0.0), (4, 3, 8, 0.5), (8, 2, 3, 5e-3)])
+def test_mmcr_loss_matches_a_naive_loop_values_and_gradients(n, v, d, lmbda):
+    z = _randn(n, v, d, seed=n * v)
+    ours, ref = mmcr_loss(z, lmbda), naive_mmcr(z, lmbda)
+    torch.testing.assert_close(ours, ref, atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(_grads(ours, z)[0], _grads(ref, z)[0], atol=1e-8, rtol=1e-7)
+
+
+def test_mmcr_loss_by_hand():
+    """Two images in 2-D: views that agree on orthogonal directions give centroids (e1, e2)
+    and -||I||_* = -2; views that cancel (e1, -e1) give a zero centroid; each image's views
+    e1, e1 form a rank-1 [2, 2] matrix of singular value sqrt(2) (the local term)."""
+    e1, e2 = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    agree = torch.stack([torch.stack([e1, e1]), torch.stack([e2, 3 * e2])])        # [2, 2, 2]
+    assert mmcr_loss(agree).item() == pytest.approx(-2.0, rel=1e-6)
+    assert mmcr_loss(agree, 0.5).item() == pytest.approx(-2.0 + 0.5 * math.sqrt(2), rel=1e-6)
+    cancel = torch.stack([torch.stack([e1, -e1]), torch.stack([e2, e2])])
+    assert mmcr_loss(cancel).item() == pytest.approx(-1.0, rel=1e-6)
+    with pytest.raises(ValueError, match="lmbda"):
+        mmcr_loss(agree, -1.0)
