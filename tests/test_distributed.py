@@ -19,7 +19,7 @@ pytestmark = pytest.mark.dist
 def test_moco_queues_identical_on_both_ranks_after_several_steps(tmp_path):
     """Each rank enqueues the gathered keys of the global batch: after 4 steps of 8 keys
     the two queues are the same tensor, written up to row 32 of 64."""
-    r0, r1 = spawn_two_ranks("moco", tmp_path, steps=4)
+    r0, r1 = spawn_two_ranks("moco", tmp_path, steps=4)["moco"]
     assert torch.equal(r0["final"]["queue"], r1["final"]["queue"])
     assert int(r0["final"]["queue_ptr"]) == int(r1["final"]["queue_ptr"]) == (4 * 8) % 64
 

@@ -15,6 +15,7 @@ from whole-batch ones by design (backbone.sync_bn=true on GPUs).
 import json
 import os
 import socket
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -132,39 +133,72 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank, world, port, name, steps, out_dir):
+def _worker(rank, world, port, names, steps, out_dir):
+    """One rank: each method in turn, its loss, gradients and state after `steps` steps on
+    this rank's half of the batch, saved as rank<r>_<name>.pt (or the error, as .err: the
+    other methods still run)."""
+    import datetime
+    import traceback
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    # a method that hangs in a collective fails its test within a minute, not gloo's 30
+    dist.init_process_group("gloo", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=60))
     torch.set_num_threads(1)
-    cfg = _cfg(name)
-    method = _model(name, cfg, torch.float64).eval()
-    ddp = torch.nn.parallel.DistributedDataParallel(method, broadcast_buffers=False)
-    b = B // world
-    loss, grads, state = _steps(ddp, method, cfg,
-                                _batch(name, cfg, B, slice(rank * b, (rank + 1) * b), torch.float64),
-                                steps)
-    torch.save({"loss": loss, "grads": grads, "state": state,
-                "final": {k: v.detach() for k, v in method.state_dict().items()}},
-               os.path.join(out_dir, f"rank{rank}.pt"))
+    for name in names:
+        try:
+            cfg = _cfg(name)
+            method = _model(name, cfg, torch.float64).eval()
+            ddp = torch.nn.parallel.DistributedDataParallel(method, broadcast_buffers=False)
+            b = B // world
+            batch = _batch(name, cfg, B, slice(rank * b, (rank + 1) * b), torch.float64)
+            loss, grads, state = _steps(ddp, method, cfg, batch, steps)
+            torch.save({"loss": loss, "grads": grads, "state": state,
+                        "final": {k: v.detach() for k, v in method.state_dict().items()}},
+                       os.path.join(out_dir, f"rank{rank}_{name}.pt"))
+        except Exception:
+            with open(os.path.join(out_dir, f"rank{rank}_{name}.err"), "w") as f:
+                f.write(traceback.format_exc())
     dist.destroy_process_group()
 
 
-def spawn_two_ranks(name, tmp_path, steps=1):
-    """Each rank's first loss, gradients and state after the first step, and its state
-    after `steps` steps."""
-    mp.spawn(_worker, args=(2, _free_port(), name, steps, str(tmp_path)), nprocs=2, join=True)
-    return [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+def spawn_two_ranks(names, out_dir, steps=1):
+    """Two gloo processes, started once, run every method of `names` in turn. Returns
+    {name: [each rank's result, or its error text]}: a result holds the first step's loss,
+    gradients and state after the first step, and the state after `steps` steps."""
+    names = [names] if isinstance(names, str) else list(names)
+    mp.spawn(_worker, args=(2, _free_port(), names, steps, str(out_dir)), nprocs=2, join=True)
+    out = {}
+    for name in names:
+        out[name] = []
+        for r in range(2):
+            path = out_dir / f"rank{r}_{name}.pt"
+            out[name].append(torch.load(path, weights_only=True) if path.exists()
+                             else (out_dir / f"rank{r}_{name}.err").read_text())
+    return out
+
+
+@pytest.fixture(scope="module")
+def two_ranks(request, tmp_path_factory):
+    """The 2-process results of every method that this session runs the test below for:
+    one pair of processes for all of them (their start-up, torch's import, is most of one
+    method's cost)."""
+    test = "test_two_ranks_equal_one_process_with_the_whole_batch"
+    names = [item.callspec.params["name"] for item in request.session.items
+             if getattr(item, "originalname", None) == test]
+    return spawn_two_ranks(names, tmp_path_factory.mktemp("two_ranks"))
 
 
 @pytest.mark.dist
 @pytest.mark.parametrize("name", METHODS)
-def test_two_ranks_equal_one_process_with_the_whole_batch(tmp_path, name):
+def test_two_ranks_equal_one_process_with_the_whole_batch(two_ranks, name):
     """Loss and gradients to 1e-10 in float64, and every tensor of the state after the step
     (weights, EMA targets, queues, centres, u): the global-batch losses give each rank its
     full gradient (Barlow Twins' and VICReg's statistics too: a plain all_reduce of them,
     as solo-learn and lightly do, would give gradients 1/world too small), and each rank
     fills its buffers with the global batch as one process would."""
-    ranks = spawn_two_ranks(name, tmp_path)
+    ranks = two_ranks[name]
+    for r in ranks:
+        assert not isinstance(r, str), r                  # the rank's traceback
     cfg = _cfg(name)
     method = _model(name, cfg, torch.float64).eval()
     loss, grads, state = _steps(method, method, cfg, _batch(name, cfg, B, dtype=torch.float64))
@@ -229,16 +263,20 @@ def trained(tmp_path_factory, cifar_root):
     pretrained=...` (Hydra multiruns: one process each for all the methods).
     {name: (run dir or the failed run's error, linear_eval result, knn line)}."""
     root = tmp_path_factory.mktemp("every_method")
+
+    def train(name):
+        # one thread each, two runs at a time: a tiny run is mostly its Python start-up
+        return name, run("simclr.py", *TINY, *method_overrides(name), f"dataset.root={cifar_root}",
+                         "dataset.subset=64", "max_steps=2", "eval.knn_every=0",
+                         f"hydra.run.dir={root / name}", env={"OMP_NUM_THREADS": "1"}, check=False)
+
     runs, failed = {}, {}
-    for name in METHODS:
-        out = root / name
-        proc = run("simclr.py", *TINY, *method_overrides(name), f"dataset.root={cifar_root}",
-                   "dataset.subset=64", "max_steps=2", "eval.knn_every=0",
-                   f"hydra.run.dir={out}", check=False)
-        if proc.returncode == 0 and "final:" in proc.stdout:
-            runs[name] = out
-        else:
-            failed[name] = proc.stderr[-3000:]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for name, proc in pool.map(train, METHODS):
+            if proc.returncode == 0 and "final:" in proc.stdout:
+                runs[name] = root / name
+            else:
+                failed[name] = proc.stderr[-3000:]
     data = [f"dataset.root={cifar_root}", "dataset.subset=64", "device=cpu", "progress=false"]
     paths = ",".join(str(runs[n]) for n in runs)
     lin = run("linear_eval.py", "-m", f"pretrained={paths}", "recipe=fast", *data,

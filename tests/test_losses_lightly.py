@@ -127,7 +127,8 @@ def naive_tico(z1, z2, C, beta, rho):
     n, d = z1.shape
     a = [_unit(z1[i]) for i in range(n)]
     b = [_unit(z2[i]) for i in range(n)]
-    B = [[sum(float(a[k][i]) * float(a[k][j]) for k in range(n)) / n for j in range(d)] for i in range(d)]
+    B = [[sum(float(a[k][i].detach()) * float(a[k][j].detach()) for k in range(n)) / n for j in range(d)]
+         for i in range(d)]
     Cn = torch.tensor([[beta * float(C[i, j]) + (1 - beta) * B[i][j] for j in range(d)] for i in range(d)],
                       dtype=torch.float64)
     inv = 1 - sum(a[k] @ b[k] for k in range(n)) / n
@@ -218,3 +219,72 @@ def test_mmcr_loss_by_hand():
     assert mmcr_loss(cancel).item() == pytest.approx(-1.0, rel=1e-6)
     with pytest.raises(ValueError, match="lmbda"):
         mmcr_loss(agree, -1.0)
+
+
+# ---------------------------------------------------------------------- LeJEPA / SIGReg
+
+def naive_epps_pulley(x, t_max=3.0, knots=17):
+    """The Epps-Pulley statistic of 1-D samples x [N] against N(0, 1), with complex numbers
+    on the whole symmetric grid of [-t_max, t_max] (2K - 1 points, the plain trapezoidal
+    rule): N * integral |phi_N(t) - exp(-t^2/2)|^2 exp(-t^2/2) dt."""
+    n = len(x)
+    ts = torch.linspace(-t_max, t_max, 2 * knots - 1, dtype=torch.float64)
+    dt = float(ts[1] - ts[0])
+    total = 0
+    for k, t in enumerate(ts):
+        ecf = sum(torch.exp(1j * t * x[m]) for m in range(n)) / n
+        gauss = math.exp(-float(t) ** 2 / 2)
+        w = dt / 2 if k in (0, len(ts) - 1) else dt
+        total = total + w * (ecf - gauss).abs().square() * gauss
+    return n * total
+
+
+def naive_sigreg(z, slices, t_max=3.0, knots=17):
+    """z [V, N, D], slices [D, S] unit columns: the mean over views and slices."""
+    stats = [naive_epps_pulley(z[v] @ slices[:, s], t_max, knots)
+             for v in range(z.shape[0]) for s in range(slices.shape[1])]
+    return sum(stats) / len(stats)
+
+
+@pytest.mark.parametrize("v, n, d, s", [(1, 6, 3, 4), (3, 5, 4, 2)])
+def test_sigreg_loss_matches_the_epps_pulley_statistic_on_its_slices(v, n, d, s):
+    from sslcifar.losses import sigreg_loss
+    z = _randn(v, n, d, seed=v + n)
+    ours = sigreg_loss(z, s, torch.Generator().manual_seed(7), knots=9, t_max=2.5)
+    a = torch.randn(d, s, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    ref = naive_sigreg(z, a / a.norm(dim=0), t_max=2.5, knots=9)
+    torch.testing.assert_close(ours, ref, atol=1e-12, rtol=1e-10)
+    torch.testing.assert_close(_grads(ours, z)[0], _grads(ref, z)[0], atol=1e-11, rtol=1e-9)
+
+
+def test_sigreg_is_small_for_a_gaussian_and_large_for_a_collapse_and_its_slices_are_seeded():
+    from sslcifar.losses import sigreg_loss
+    g = torch.Generator().manual_seed(0)
+    gaussian = torch.randn(2048, 16, generator=g, dtype=torch.float64)
+    collapsed = torch.ones(2048, 16, dtype=torch.float64) / 4           # every sample the same
+    seeded = lambda: torch.Generator().manual_seed(3)                   # noqa: E731
+    small, large = sigreg_loss(gaussian, 64, seeded()), sigreg_loss(collapsed, 64, seeded())
+    # under the null E[N |phi_N(t) - phi(t)|^2] = 1 - phi(t)^2, so the statistic's mean is
+    # about the integral of (1 - e^{-t^2}) e^{-t^2/2}: sqrt(2 pi)(1 - 1/sqrt 3) = 1.06
+    assert small < 2.0 and 100 < large
+    # a narrow Gaussian (sd 0.1) is far from N(0, I) as well: SIGReg fixes the scale too
+    assert sigreg_loss(gaussian / 10, 64, seeded()) > 50 * small
+    assert sigreg_loss(gaussian, 64, seeded()) == small                 # same generator, same slices
+    assert sigreg_loss(gaussian, 64, torch.Generator().manual_seed(4)) != small
+
+
+def test_lejepa_loss_is_the_weighted_sum_of_sigreg_and_the_invariance_to_the_global_mean():
+    """By hand: two global views z1, z2 and a local z3 of one image in 1-D with values 1, 3
+    and 5 (centre 2): invariance = ((2-1)^2 + (2-3)^2 + (2-5)^2) / 3 = 11/3; lambda = 0 gives
+    it alone. Then against the formula for random views."""
+    from sslcifar.losses import lejepa_loss, sigreg_loss
+    z = torch.tensor([[[1.0]], [[3.0]], [[5.0]]], dtype=torch.float64)   # [V=3, N=1, D=1]
+    assert lejepa_loss(z, 2, 0.0, 4).item() == pytest.approx(11 / 3, rel=1e-12)
+    z = _randn(4, 6, 5, seed=11, grad=False)
+    centre = z[:2].mean(0)
+    inv = sum(float(((centre - z[v]) ** 2).sum()) for v in range(4)) / (4 * 6 * 5)
+    sig = sigreg_loss(z, 8, torch.Generator().manual_seed(1))
+    ours = lejepa_loss(z, 2, 0.05, 8, torch.Generator().manual_seed(1))
+    assert ours.item() == pytest.approx(0.05 * sig.item() + 0.95 * inv, rel=1e-12)
+    with pytest.raises(ValueError, match="lambda_param"):
+        lejepa_loss(z, 2, 1.5, 8)

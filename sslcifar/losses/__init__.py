@@ -7,6 +7,7 @@
                   embedding's dimensions)
     regression    byol, simsiam, fastsiam_loss (prediction of the other views, stop-gradient)
     spectral      mmcr_loss (MMCR: nuclear norms of the views' centroids)
+    sigreg        sigreg_loss, lejepa_loss (LeJEPA: a sketched test for an isotropic Gaussian)
     distill       DINOLoss (a centre in a buffer), sinkhorn, swav_loss
     cluster       spherical_kmeans, deepclusterv2_loss (DeepCluster V2: k-means targets)
     whitening     whiten_cholesky, wmse_loss (W-MSE), whiten_iterative, vibcreg_loss (VIbCReg)
@@ -22,10 +23,11 @@ from .distill import DINOLoss, sinkhorn, swav_loss
 from .invariance import gradient_penalty
 from .redundancy import all4one_redundancy, barlow_twins, tico_loss, vicreg
 from .regression import byol, fastsiam_loss, simsiam
+from .sigreg import lejepa_loss, sigreg_loss
 from .sogclr import SogCLRLoss
 from .spectral import mmcr_loss
 from .whitening import vibcreg_loss, whiten_cholesky, whiten_iterative, wmse_loss
 
-__all__ = ["all4one_redundancy", "barlow_twins", "byol", "dcl_loss", "deepclusterv2_loss", "fastsiam_loss", "mmcr_loss", "tico_loss", "spherical_kmeans", "gradient_penalty", "moco_infonce", "mocov3_infonce", "nnclr_loss", "nt_xent", "nt_xent_multi",
-           "ressl_loss", "simsiam", "sinkhorn", "supcon", "swav_loss", "vicreg", "vibcreg_loss", "whiten_cholesky", "whiten_iterative", "wmse_loss",
+__all__ = ["all4one_redundancy", "barlow_twins", "byol", "dcl_loss", "deepclusterv2_loss", "fastsiam_loss", "mmcr_loss", "tico_loss", "spherical_kmeans", "gradient_penalty", "lejepa_loss", "moco_infonce", "mocov3_infonce", "nnclr_loss", "nt_xent", "nt_xent_multi",
+           "ressl_loss", "sigreg_loss", "simsiam", "sinkhorn", "supcon", "swav_loss", "vicreg", "vibcreg_loss", "whiten_cholesky", "whiten_iterative", "wmse_loss",
            "DINOLoss", "SogCLRLoss"]
