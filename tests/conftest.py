@@ -52,6 +52,10 @@ METHOD_OVERRIDES = {
     "mmcr": ["augment.groups.0.count=3"],
     # 2 local crops instead of 6 and 64 slices instead of 1024: the same code, less of it
     "lejepa": ["augment.small_crops=2", "loss.num_slices=64"],
+    # 4 groups, a bank of 40 that wraps, k-means and momentum resets every 3 steps (the
+    # resume test stops at step 3, a reset), narrow heads
+    "smog": ["method.num_groups=4", "method.queue_size=40", "method.reset_every=3",
+             "method.proj_hidden_dim=64", "method.pred_hidden_dim=64"],
 }
 
 

@@ -288,3 +288,83 @@ def test_lejepa_loss_is_the_weighted_sum_of_sigreg_and_the_invariance_to_the_glo
     assert ours.item() == pytest.approx(0.05 * sig.item() + 0.95 * inv, rel=1e-12)
     with pytest.raises(ValueError, match="lambda_param"):
         lejepa_loss(z, 2, 1.5, 8)
+
+
+# ---------------------------------------------------------------------- SMoG
+
+def naive_smog(p, z, zt, groups, beta, T):
+    """lightly's SMoGPrototypes and SMoGModel.training_step, step by step: the targets by the
+    momentum projections, then each assigned group moved by the mean of its online
+    projections (a loop over the groups), then the cross-entropy of the predictions'
+    cosine logits."""
+    unit = groups / groups.norm(dim=1, keepdim=True)
+    cos = lambda x: (x / x.norm(dim=1, keepdim=True)) @ unit.T          # noqa: E731
+    target = cos(zt.detach()).argmax(1)
+    assign = cos(z.detach()).argmax(1)
+    new = groups.clone()
+    rows = []
+    for g in range(len(groups)):
+        mask = assign == g
+        rows.append(beta * groups[g] + (1 - beta) * z[mask].mean(0) if mask.any() else groups[g])
+    new = torch.stack(rows)
+    logits = (p / p.norm(dim=1, keepdim=True)) @ (new / new.norm(dim=1, keepdim=True)).T / T
+    loss = sum(-torch.log_softmax(logits[n], 0)[target[n]] for n in range(len(p))) / len(p)
+    return loss, new.detach()
+
+
+@pytest.mark.parametrize("n, g, beta", [(8, 3, 0.99), (6, 5, 0.5), (10, 10, 0.0)])
+def test_smog_loss_matches_lightly_s_steps_values_gradients_and_the_new_groups(n, g, beta):
+    from sslcifar.losses import smog_loss
+    p, z = _randn(n, 4, seed=n), _randn(n, 4, seed=n + 1)
+    zt, groups = _randn(n, 4, seed=n + 2, grad=False), _randn(g, 4, seed=n + 3, grad=False)
+    (ours, new), (ref, new_ref) = smog_loss(p, z, zt, groups, beta, 0.1), naive_smog(p, z, zt, groups, beta, 0.1)
+    torch.testing.assert_close(ours, ref, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(new, new_ref, atol=1e-14, rtol=1e-12)
+    for a, b in zip(_grads(ours, p, z), _grads(ref, p, z)):            # z: through the moved groups
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
+
+
+def test_smog_loss_by_hand():
+    """Two groups e1, e2; one sample whose online projection and prediction are e1 and whose
+    momentum projection is e2: target group 2; group 1 moves to (beta + 1 - beta) e1 = e1,
+    group 2 stays; logits (1, 0) / T with T = 1: loss = log(1 + e) - 0 = log(1 + e^1) - 0."""
+    from sslcifar.losses import smog_loss
+    e = torch.eye(2, dtype=torch.float64)
+    loss, new = smog_loss(e[:1], e[:1], e[1:], e.clone(), 0.5, 1.0)
+    assert loss.item() == pytest.approx(math.log(1 + math.e), rel=1e-12)
+    torch.testing.assert_close(new, e)
+
+
+def test_smog_resets_its_groups_by_kmeans_and_its_target_every_reset_steps():
+    """method=smog: the momentum is 0 (the target copies the online weights) at each reset
+    step and the method's momentum elsewhere; before a reset step's forward the groups are
+    the spherical k-means centroids of the bank (seeded by seed and step); the views swap
+    at odd steps."""
+    from sslcifar.losses import spherical_kmeans
+    from sslcifar.methods import build_method, method_class
+    from sslcifar.schedule import Schedules
+    from .test_config import compose_cfg
+    cfg = compose_cfg("simclr", ["method=smog", "backbone.width=4", "dataset.size=16",
+                                 "method.num_groups=4", "method.queue_size=12",
+                                 "method.reset_every=3", "method.proj_hidden_dim=16",
+                                 "method.pred_hidden_dim=16"])
+    sched = method_class("smog").schedules(cfg, 10, 5)["momentum"]
+    assert sched.tolist() == [0.99, 0.99, 0.99, 0.0, 0.99, 0.99, 0.0, 0.99, 0.99, 0.0]
+    torch.manual_seed(0)
+    method = build_method(cfg, num_train=16, num_classes=3)
+    now = Schedules(method.schedules(cfg, 10, 5), 5)
+    method.bank.queue.copy_(torch.nn.functional.normalize(_randn(12, 128, seed=5, grad=False).float(), dim=1))
+    before = method.groups.clone()
+    method.before_step(now.at(2))
+    assert torch.equal(method.groups, before)                          # not a reset step
+    method.before_step(now.at(3))
+    g = torch.Generator().manual_seed((cfg.seed * 1_000_003 + 3) % 2**63)
+    torch.testing.assert_close(method.groups, spherical_kmeans(method.bank.queue, 4, 10, g)[0])
+    # the online network sees view 1 at even steps, view 2 at odd ones
+    from sslcifar.data.batch import Batch
+    method.eval()
+    views = [_randn(4, 3, 16, 16, seed=s, grad=False).float() for s in (1, 2)]
+    with torch.no_grad():
+        for step, v in ((4, 0), (5, 1)):
+            out = method(Batch(views, torch.arange(4), torch.zeros(4, dtype=torch.long), now=now.at(step)))
+            torch.testing.assert_close(out["features"], method.backbone(views[v]))

@@ -9,14 +9,15 @@
     spectral      mmcr_loss (MMCR: nuclear norms of the views' centroids)
     sigreg        sigreg_loss, lejepa_loss (LeJEPA: a sketched test for an isotropic Gaussian)
     distill       DINOLoss (a centre in a buffer), sinkhorn, swav_loss
-    cluster       spherical_kmeans, deepclusterv2_loss (DeepCluster V2: k-means targets)
+    cluster       spherical_kmeans, deepclusterv2_loss (DeepCluster V2: k-means targets),
+                  smog_loss (SMoG: momentum groups)
     whitening     whiten_cholesky, wmse_loss (W-MSE), whiten_iterative, vibcreg_loss (VIbCReg)
     invariance    gradient_penalty (the sensitivity to the augmentation's nuisance parameters)
 
 Every function documents its tensor shapes, and each is tested against a naive
 implementation and the paper's formula (tests/test_losses*.py).
 """
-from .cluster import deepclusterv2_loss, spherical_kmeans
+from .cluster import deepclusterv2_loss, smog_loss, spherical_kmeans
 from .contrastive import (dcl_loss, moco_infonce, mocov3_infonce, nnclr_loss, nt_xent, nt_xent_multi, ressl_loss,
                           supcon)
 from .distill import DINOLoss, sinkhorn, swav_loss
@@ -29,5 +30,5 @@ from .spectral import mmcr_loss
 from .whitening import vibcreg_loss, whiten_cholesky, whiten_iterative, wmse_loss
 
 __all__ = ["all4one_redundancy", "barlow_twins", "byol", "dcl_loss", "deepclusterv2_loss", "fastsiam_loss", "mmcr_loss", "tico_loss", "spherical_kmeans", "gradient_penalty", "lejepa_loss", "moco_infonce", "mocov3_infonce", "nnclr_loss", "nt_xent", "nt_xent_multi",
-           "ressl_loss", "sigreg_loss", "simsiam", "sinkhorn", "supcon", "swav_loss", "vicreg", "vibcreg_loss", "whiten_cholesky", "whiten_iterative", "wmse_loss",
+           "ressl_loss", "sigreg_loss", "simsiam", "sinkhorn", "smog_loss", "supcon", "swav_loss", "vicreg", "vibcreg_loss", "whiten_cholesky", "whiten_iterative", "wmse_loss",
            "DINOLoss", "SogCLRLoss"]

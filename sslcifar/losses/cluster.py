@@ -6,6 +6,9 @@ spherical k-means on a memory bank of embeddings, and the cross-entropy to them.
                          chunks of rows, with an explicit generator for its initialisation
     deepclusterv2_loss   cross-entropy between the prototype scores / T and the k-means
                          assignments, averaged over the prototype sets
+    smog_loss            SMoG's groups, moved by momentum towards this step's samples, and
+                         the cross-entropy to the momentum encoder's group (k-means resets
+                         the groups every few hundred steps: spherical_kmeans)
 
 Both follow the authors' code (facebookresearch/swav 06b1b7c, main_deepclusterv2.py:
 `cluster_memory` and the loss in `train`); solo-learn 9187ea39 (solo/utils/kmeans.py,
@@ -110,3 +113,43 @@ def deepclusterv2_loss(scores: Sequence[torch.Tensor], assignments: torch.Tensor
         ce = F.cross_entropy(logits, target, ignore_index=-1, reduction="sum")
         total = total + ce / (target >= 0).sum().clamp(min=1)
     return total / len(scores)
+
+
+def smog_loss(p: torch.Tensor, z: torch.Tensor, z_target: torch.Tensor, groups: torch.Tensor,
+              beta: float = 0.99, temperature: float = 0.1) -> Tuple[torch.Tensor, torch.Tensor]:
+    """SMoG's synchronous momentum grouping (Pang et al., ECCV 2022, "Unsupervised Visual
+    Representation Learning by Synchronous Momentum Grouping", eqs. 3-5), as lightly's
+    `SMoGPrototypes` and benchmark `SMoGModel` (lightly e8d317fc):
+
+        target_n = argmax_g cos(z_target_n, groups_g)               (no gradient)
+        a_n      = argmax_g cos(z_n, groups_g)
+        groups'_g = beta groups_g + (1 - beta) mean_{n: a_n = g} z_n  for every g some z_n chose
+        loss     = CE( cos(p_n, groups'_g) / T , target_n )   averaged over n
+
+    The groups are updated with this step's samples *before* they score the predictions
+    (synchronous), and, as in lightly, the gradient flows through the updated groups into
+    z as well as through p.
+
+    Args:
+        p: [N, D] the online predictions of one view.
+        z: [N, D] the online projections of the same view (they move the groups).
+        z_target: [N, D] the momentum encoder's projections of the other view.
+        groups: [G, D] the group features before this step.
+        beta: the groups' momentum (0.99).
+        temperature: T > 0 (0.1).
+
+    Returns:
+        (loss, groups'): the scalar loss and the [G, D] groups to keep (detached).
+    """
+    _check_temperature(temperature)
+    p, z, groups = _fp32(p), _fp32(z), groups.to(_fp32(z).dtype)
+    unit_groups = F.normalize(groups, dim=1)
+    with torch.no_grad():
+        target = (F.normalize(_fp32(z_target), dim=1) @ unit_groups.T).argmax(1)
+        assign = (F.normalize(z, dim=1) @ unit_groups.T).argmax(1)
+        counts = torch.bincount(assign, minlength=groups.shape[0]).to(z.dtype)
+    sums = torch.zeros_like(groups).index_add(0, assign, z)
+    moved = beta * groups + (1 - beta) * sums / counts.clamp_min(1).unsqueeze(1)
+    new = torch.where((counts > 0).unsqueeze(1), moved, groups)
+    logits = F.normalize(p, dim=1) @ F.normalize(new, dim=1).T / temperature
+    return F.cross_entropy(logits, target), new.detach()
