@@ -53,8 +53,9 @@ class LinearEvalConfig(EncoderEvalConfig):
     schedule_unit: str = declared(choices=("step", "epoch"))    # cosine per step | per epoch
     milestones: List[int] = declared(NON_NEGATIVE)    # step: the epochs at which lr *= lr_gamma
     lr_gamma: float = declared(POSITIVE)
-    # crop_flip (4 px padding) | resized_crop_flip | none
-    train_augment: str = declared(choices=("crop_flip", "resized_crop_flip", "none"))
+    # crop_flip (4 px padding) | resized_crop_flip | none | cached (the training images'
+    # features computed once, averaged over `passes` views with inputs=transformed: EMP-SSL's)
+    train_augment: str = declared(choices=("crop_flip", "resized_crop_flip", "none", "cached"))
     crop_scale: List[float] = declared("(0, 1]", pair=True)   # resized_crop_flip's scale range
     standardize: bool = MISSING       # features standardised with the training set's statistics
     fc_init: str = declared(choices=("default", "normal"))     # torch's | N(0, 0.01), bias 0

@@ -11,7 +11,8 @@ evaluation script does; each field can also be set alone. Two recipes:
 
 - `standard` (SGD): `epochs` passes over the training images, each batch augmented on
   the device (`train_augment`: random crop with 4 px padding and flip, or
-  RandomResizedCrop(crop_scale) and flip), SGD with momentum, a `schedule` (cosine per
+  RandomResizedCrop(crop_scale) and flip; or `cached`: the features computed once, of
+  the plain images or averaged over `passes` views, EMP-SSL's), SGD with momentum, a `schedule` (cosine per
   step or per epoch, step decay at `milestones` by `lr_gamma`, or SimCLR-CIFAR10's), the
   features standardised with the training set's statistics (`standardize`), the last layer
   initialised by torch or N(0, 0.01) (`fc_init`), and the test top-1 reported as `report`
@@ -193,10 +194,12 @@ def probe_lrs(cfg, steps_per_epoch: int) -> List[float]:
 
 
 def fit_sgd(backbone: nn.Module, source, index: torch.Tensor, labels: torch.Tensor,
-            num_classes: int, stats, cfg, device: torch.device, test_logits=None) -> dict:
-    """SGD on augmented images through the encoder (frozen, or trained with cfg.finetune).
-    index [N]: the training images, labels [N]: their classes, stats: the un-augmented
-    features' (mean, std) for standardisation. test_logits(clf) -> [M, C] scores the test
+            num_classes: int, stats, cfg, device: torch.device, test_logits=None,
+            cached: Optional[torch.Tensor] = None) -> dict:
+    """SGD on augmented images through the encoder (frozen, or trained with cfg.finetune),
+    or, with cfg.train_augment == "cached", on `cached` [N, F], the training images'
+    features computed once. index [N]: the training images, labels [N]: their classes,
+    stats: the un-augmented features' (mean, std) for standardisation. test_logits(clf) -> [M, C] scores the test
     set; called after every epoch when cfg.report needs it, else once at the end.
     Returns {"classifier", "epochs" (fractional with max_steps), "steps", "history"}."""
     from tqdm import tqdm
@@ -231,13 +234,16 @@ def fit_sgd(backbone: nn.Module, source, index: torch.Tensor, labels: torch.Tens
         loss_sum = torch.zeros((), device=device)
         for i in bar:
             sel = perm[i * bs:(i + 1) * bs]
-            x = source.plain(index[sel])
-            if cfg.train_augment == "crop_flip":
-                x = random_crop_flip(x, padding, fill, g)
-            elif cfg.train_augment == "resized_crop_flip":
-                x = random_resized_crop_flip(x, cfg.crop_scale, g)
-            with torch.set_grad_enabled(cfg.finetune):
-                f = backbone(x).float()
+            if cfg.train_augment == "cached":
+                f = cached[sel]
+            else:
+                x = source.plain(index[sel])
+                if cfg.train_augment == "crop_flip":
+                    x = random_crop_flip(x, padding, fill, g)
+                elif cfg.train_augment == "resized_crop_flip":
+                    x = random_resized_crop_flip(x, cfg.crop_scale, g)
+                with torch.set_grad_enabled(cfg.finetune):
+                    f = backbone(x).float()
             loss = F.cross_entropy(clf(f), labels[sel])
             lr = lrs[step]
             for group in opt.param_groups:
@@ -372,6 +378,8 @@ def validate(cfg) -> None:
             "feature averaging needs transformed inputs: add inputs=transformed")
     require(not (cfg.finetune and cfg.recipe == "fast"), "finetune", True,
             "the fast recipe fits cached features: use recipe=standard to fine-tune")
+    require(not (cfg.finetune and cfg.train_augment == "cached"), "finetune", True,
+            "train_augment=cached fits features computed once: use train_augment=crop_flip")
     require(not (cfg.schedule == "simclr_cifar10" and cfg.epochs > 1000), "epochs", cfg.epochs,
             "schedule=simclr_cifar10 is a cosine over SimCLR-CIFAR10's 1000 pretraining "
             "epochs: use at most 1000")
@@ -477,7 +485,8 @@ def evaluate_encoder(backbone: nn.Module, cfg, train_src, test_src, device):
         return averaged_features(backbone, src, index, cfg.batch_size, cfg.passes, cfg.seed)
 
     # the SGD recipe needs the un-augmented training features only to standardise
-    needs_train_f = regression or cfg.recipe == "fast" or cfg.standardize
+    needs_train_f = regression or cfg.recipe == "fast" or cfg.standardize or \
+        cfg.train_augment == "cached"
     train_f = features(train_src, train_index, "train features") if needs_train_f else None
     test_f = features(test_src, test_index, "test features")
     result = {"protocol": cfg.protocol, "dataset": cfg.dataset.name, "num_train": len(train_index),
@@ -513,7 +522,7 @@ def evaluate_encoder(backbone: nn.Module, cfg, train_src, test_src, device):
                 return clf(f), test_src.labels
 
             fit = fit_sgd(backbone, train_src, train_index, labels, num_classes, stats, cfg,
-                          device, test_logits)
+                          device, test_logits, cached=train_f)
             clf = fit["classifier"]
             if cfg.finetune:                    # the encoder has changed: its final features
                 test_f = features(test_src, test_index, "test features")

@@ -54,6 +54,8 @@ METHOD_OVERRIDES = {
     "lejepa": ["augment.small_crops=2", "loss.num_slices=64"],
     # 4 groups, a bank of 40 that wraps, k-means and momentum resets every 3 steps (the
     # resume test stops at step 3, a reset), narrow heads
+    # 3 patches instead of 20, a narrow projector (4096 x 4096 by default)
+    "emp_ssl": ["augment.groups.0.count=3", "method.proj_hidden_dim=64", "method.proj_out_dim=16"],
     "smog": ["method.num_groups=4", "method.queue_size=40", "method.reset_every=3",
              "method.proj_hidden_dim=64", "method.pred_hidden_dim=64"],
 }

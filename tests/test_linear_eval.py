@@ -429,9 +429,28 @@ def test_protocols_run_end_to_end_and_report_as_their_repositories(simclr_run, e
     assert fine["finetune"] and fine["report"] == "lowest_train_loss"
     lowest = min(fine["history"], key=lambda r: r["train_loss"])
     assert fine["top1"] == lowest["test_top1"] and fine["top1_epoch"] == lowest["epoch"]
+    emp, _, _ = evaluate(f"pretrained={simclr_run}", "protocol=emp_ssl", "passes=2", "epochs=3")
+    assert emp["inputs"] == "transformed" and emp["passes"] == 2 and emp["report"] == "best"
+    scores = [r["test_top1"] for r in emp["history"]]
+    assert len(scores) == 3 and emp["top1"] == max(scores) and emp["batch_size"] == 100
     inv, _, _ = evaluate(f"pretrained={simclr_run}", "protocol=invclr", "lbfgs_steps=20")
     fast, _, _ = evaluate(f"pretrained={simclr_run}", "recipe=fast")
     assert inv["standardize"] is False and abs(inv["top1"] - fast["top1"]) < 8
+
+
+def test_emp_ssl_protocol_averages_patches_and_fits_sgd_on_the_cached_features():
+    """protocol=emp_ssl: one quarter-image patch per pass, 128 passes, and SGD on the
+    features computed once (no image is read while fitting: the source is None here)."""
+    cfg = compose_eval([*EVAL, "protocol=emp_ssl"])
+    assert (cfg.inputs, cfg.passes, cfg.train_augment, cfg.report) == ("transformed", 128, "cached", "best")
+    assert list(cfg.augment.crop_scale) == [0.25, 0.25] and cfg.augment.groups[0].count == 1
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(200) % 2
+    feats = torch.randn(200, 6, generator=g) + 3 * F.one_hot(labels, 6).float()   # separable
+    cfg.epochs = 20
+    fit = le.fit_sgd(torch.nn.Identity(), None, torch.arange(200), labels, 2,
+                     le._identity_stats(feats), cfg, torch.device("cpu"), cached=feats)
+    assert (fit["classifier"](feats).argmax(1) == labels).float().mean() > 0.95
 
 
 # ---------------------------------------------------------------------- the invariance reproduction's evaluation

@@ -368,3 +368,47 @@ def test_smog_resets_its_groups_by_kmeans_and_its_target_every_reset_steps():
         for step, v in ((4, 0), (5, 1)):
             out = method(Batch(views, torch.arange(4), torch.zeros(4, dtype=torch.long), now=now.at(step)))
             torch.testing.assert_close(out["features"], method.backbone(views[v]))
+
+
+# ---------------------------------------------------------------------- EMP-SSL
+
+def naive_tcr(z, eps):
+    """1/2 log det(I + D/(N eps) sum_n z_n z_n^T), the determinant from the eigenvalues of
+    the Gram sum written as an outer-product loop."""
+    n, d = z.shape
+    gram = sum(torch.outer(z[k], z[k]) for k in range(n))
+    return torch.log(torch.linalg.eigvalsh(torch.eye(d, dtype=z.dtype) + d / (n * eps) * gram)).sum() / 2
+
+
+def naive_emp_ssl(z, eps, inv_coef):
+    """The authors' main.py: cal_TCR (the mean over patches of -R) + patch_sim x
+    Similarity_Loss (-1/V sum over patches of the mean cosine to the patches' mean)."""
+    v = len(z)
+    tcr = sum(-naive_tcr(z[i], eps) for i in range(v)) / v
+    mean = sum(z[i] for i in range(v)) / v
+    sim = sum(F.cosine_similarity(z[i], mean, dim=1).mean() for i in range(v)) / v
+    return tcr - inv_coef * sim
+
+
+@pytest.mark.parametrize("v, n, d, eps", [(3, 6, 4, 0.2), (5, 4, 6, 0.5), (2, 8, 3, 0.01)])
+def test_emp_ssl_loss_matches_the_authors_steps_values_and_gradients(v, n, d, eps):
+    from sslcifar.losses import emp_ssl_loss
+    z = F.normalize(_randn(v, n, d, seed=v * n, grad=False), dim=-1).requires_grad_(True)
+    ours, ref = emp_ssl_loss(z, eps, 200.0), naive_emp_ssl(z, eps, 200.0)
+    torch.testing.assert_close(ours, ref, atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(_grads(ours, z)[0], _grads(ref, z)[0], atol=1e-9, rtol=1e-8)
+
+
+def test_total_coding_rate_by_hand_and_its_sign_in_the_loss():
+    """N = D = 2 orthonormal rows, eps = 1: I + 2/2 I = 2I, R = 1/2 log 4 = log 2. Collapsed
+    rows (e1, e1): I + diag(2, 0), R = 1/2 log 3 < log 2: spread embeddings code more bits,
+    and the loss (which subtracts R, the authors' sign; lightly's adds it) is lower for them."""
+    from sslcifar.losses import emp_ssl_loss, total_coding_rate
+    e = torch.eye(2, dtype=torch.float64)
+    assert total_coding_rate(e, 1.0).item() == pytest.approx(math.log(2), rel=1e-12)
+    same = torch.stack([e[0], e[0]])
+    assert total_coding_rate(same, 1.0).item() == pytest.approx(math.log(3) / 2, rel=1e-12)
+    spread, collapsed = torch.stack([e, e]), torch.stack([same, same])      # 2 patches each
+    assert emp_ssl_loss(spread, 1.0, 0.0) < emp_ssl_loss(collapsed, 1.0, 0.0)
+    # the invariance term alone: patches equal to their mean give cos 1
+    assert emp_ssl_loss(spread, 1.0, 200.0).item() == pytest.approx(-math.log(2) - 200, rel=1e-12)

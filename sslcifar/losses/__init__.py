@@ -6,7 +6,8 @@
     redundancy    barlow_twins, vicreg, all4one_redundancy, tico_loss (decorrelation of the
                   embedding's dimensions)
     regression    byol, simsiam, fastsiam_loss (prediction of the other views, stop-gradient)
-    spectral      mmcr_loss (MMCR: nuclear norms of the views' centroids)
+    spectral      mmcr_loss (MMCR: nuclear norms of the views' centroids), total_coding_rate,
+                  emp_ssl_loss (EMP-SSL)
     sigreg        sigreg_loss, lejepa_loss (LeJEPA: a sketched test for an isotropic Gaussian)
     distill       DINOLoss (a centre in a buffer), sinkhorn, swav_loss
     cluster       spherical_kmeans, deepclusterv2_loss (DeepCluster V2: k-means targets),
@@ -26,9 +27,9 @@ from .redundancy import all4one_redundancy, barlow_twins, tico_loss, vicreg
 from .regression import byol, fastsiam_loss, simsiam
 from .sigreg import lejepa_loss, sigreg_loss
 from .sogclr import SogCLRLoss
-from .spectral import mmcr_loss
+from .spectral import emp_ssl_loss, mmcr_loss, total_coding_rate
 from .whitening import vibcreg_loss, whiten_cholesky, whiten_iterative, wmse_loss
 
-__all__ = ["all4one_redundancy", "barlow_twins", "byol", "dcl_loss", "deepclusterv2_loss", "fastsiam_loss", "mmcr_loss", "tico_loss", "spherical_kmeans", "gradient_penalty", "lejepa_loss", "moco_infonce", "mocov3_infonce", "nnclr_loss", "nt_xent", "nt_xent_multi",
-           "ressl_loss", "sigreg_loss", "simsiam", "sinkhorn", "smog_loss", "supcon", "swav_loss", "vicreg", "vibcreg_loss", "whiten_cholesky", "whiten_iterative", "wmse_loss",
+__all__ = ["all4one_redundancy", "barlow_twins", "byol", "dcl_loss", "deepclusterv2_loss", "emp_ssl_loss", "fastsiam_loss", "mmcr_loss", "tico_loss", "spherical_kmeans", "gradient_penalty", "lejepa_loss", "moco_infonce", "mocov3_infonce", "nnclr_loss", "nt_xent", "nt_xent_multi",
+           "ressl_loss", "sigreg_loss", "simsiam", "sinkhorn", "smog_loss", "supcon", "swav_loss", "total_coding_rate", "vicreg", "vibcreg_loss", "whiten_cholesky", "whiten_iterative", "wmse_loss",
            "DINOLoss", "SogCLRLoss"]

@@ -1,4 +1,5 @@
-"""Losses on the singular values of a batch of embeddings: MMCR's nuclear norms.
+"""Losses on the spectrum of a batch of embeddings: MMCR's nuclear norms, EMP-SSL's total
+coding rate (a log-determinant).
 
 Shapes: N images (the global batch), V views per image, D embedding size. The singular
 values are computed in float32 at least (no bf16 SVD).
@@ -38,3 +39,54 @@ def mmcr_loss(z: torch.Tensor, lmbda: float = 0.0) -> torch.Tensor:
     if lmbda:
         loss = loss + lmbda * torch.linalg.svdvals(z).sum() / z.shape[0]
     return loss
+
+
+def total_coding_rate(z: torch.Tensor, eps: float = 0.2) -> torch.Tensor:
+    """The total coding rate of N embeddings (Ma et al., 2007; Yu et al., 2020, MCR^2), as
+    the EMP-SSL authors' `TotalCodingRate.compute_discrimn_loss` (tsb0601/EMP-SSL bce1514c,
+    loss.py), eps not squared as theirs (the paper writes eps^2):
+
+        R(Z) = 1/2 logdet(I_D + D / (N eps) Z^T Z)
+
+    The number of bits (in nats) to code the embeddings up to precision eps: large when
+    they spread over many directions, 0 when they are all 0.
+
+    Args:
+        z: [N, D] embeddings (EMP-SSL's are unit rows).
+        eps: the precision, > 0 (0.2 in EMP-SSL).
+
+    Returns:
+        Scalar R >= 0.
+    """
+    if not eps > 0:
+        raise ValueError(f"eps must be > 0, got {eps}")
+    z = _fp32(z)
+    n, d = z.shape
+    eye = torch.eye(d, dtype=z.dtype, device=z.device)
+    return torch.logdet(eye + d / (n * eps) * z.T @ z) / 2
+
+
+def emp_ssl_loss(z: torch.Tensor, eps: float = 0.2, inv_coef: float = 200.0) -> torch.Tensor:
+    """EMP-SSL's loss (Tong et al., 2023, "EMP-SSL: Towards Self-Supervised Learning in One
+    Training Epoch", eq. 3), as the authors' main.py (tsb0601/EMP-SSL bce1514c): over the V
+    patches of each image, the coding rate of each patch's batch is maximised and each
+    patch pulled to the mean of its image's patches,
+
+        loss = -1/V sum_v R(z_v)  -  inv_coef / V sum_v mean_n cos(z[v, n], zbar_n),
+        zbar_n = 1/V sum_v z[v, n]     (not detached, not renormalised)
+
+    lightly's `EMPSSLLoss` adds +R instead of -R (it minimises the coding rate); this is the
+    authors' sign, confirmed in their issue tracker.
+
+    Args:
+        z: [V, N, D] unit embeddings, patch by patch (call it on the global batch).
+        eps: the coding rate's precision (0.2).
+        inv_coef: the invariance term's weight (200, the authors' patch_sim).
+
+    Returns:
+        Scalar loss.
+    """
+    z = _fp32(z)
+    rate = torch.stack([total_coding_rate(zv, eps) for zv in z]).mean()
+    invariance = F.cosine_similarity(z, z.mean(0, keepdim=True), dim=-1).mean()
+    return -rate - inv_coef * invariance
