@@ -88,7 +88,8 @@ def resolve_stem(stem: str, image_size: int) -> str:
 
 
 class ResNet(nn.Module):
-    """A ResNet with every stage width scaled by width/64; forward: [B, 3, S, S] -> [B, F]."""
+    """A ResNet with every stage width scaled by width/64; forward: [B, 3, S, S] -> [B, F],
+    the pooled `feature_map`."""
 
     def __init__(self, block, layers, width: int):
         super().__init__()
@@ -124,10 +125,18 @@ class ResNet(nn.Module):
         layers += [block(cout, planes) for _ in range(1, blocks)]
         return nn.Sequential(*layers)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The last stage's map [B, num_features, h, w] (4 x 4 for 32 px with the CIFAR stem),
+        before the pooling: what dense methods (DenseCL) contrast position by position."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.fc(torch.flatten(self.avgpool(x), 1))
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+    def pool(self, fmap: torch.Tensor) -> torch.Tensor:
+        """A feature map [B, C, h, w] -> the encoder's features [B, C]."""
+        return self.fc(torch.flatten(self.avgpool(fmap), 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.feature_map(x))
 
 
 def build_backbone(name: str, width: int, stem: str, image_size: int) -> nn.Module:

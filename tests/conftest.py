@@ -29,6 +29,7 @@ TINY = ["backbone.width=8", "batch_size=16", "epochs=1", "progress=false",
 METHOD_OVERRIDES = {
     # a queue that fits a batch of 16; BatchNorm split in 2 groups of 8
     "moco": ["method.queue_size=64", "method.bn_splits=2"],
+    "densecl": ["method.queue_size=64", "method.bn_splits=2"],
     # the queue is filled from step 0 and used from step 2 (a resume at step 3 needs it)
     "swav": ["method.queue_size=32", "method.queue_start_epoch=0"],
     # multi-crop, and the last layer frozen for the first half epoch

@@ -412,3 +412,61 @@ def test_total_coding_rate_by_hand_and_its_sign_in_the_loss():
     assert emp_ssl_loss(spread, 1.0, 0.0) < emp_ssl_loss(collapsed, 1.0, 0.0)
     # the invariance term alone: patches equal to their mean give cos 1
     assert emp_ssl_loss(spread, 1.0, 200.0).item() == pytest.approx(-math.log(2) - 200, rel=1e-12)
+
+
+# ---------------------------------------------------------------------- DenseCL
+
+def naive_densecl(q, k, queue, q_grid, k_grid, f_q, f_k, dense_queue, T, lam):
+    """The authors' forward_train, position by position: the matched key position by the
+    largest cosine of the backbone features, then MoCo's InfoNCE (positive first) for the
+    global projections and for each of the N*S positions, mixed by lambda."""
+    def infonce(qv, kv, negatives):
+        logits = torch.cat([(qv * kv).sum().view(1), negatives @ qv]) / T
+        return -torch.log_softmax(logits, 0)[0]
+    n, d, s = q_grid.shape
+    glob = sum(infonce(q[i], k[i], queue) for i in range(n)) / n
+    dense = 0
+    for i in range(n):
+        for a in range(s):
+            sims = [float(_unit(f_q[i, :, a]) @ _unit(f_k[i, :, b])) for b in range(s)]
+            b = max(range(s), key=lambda j: sims[j])
+            dense = dense + infonce(q_grid[i, :, a], k_grid[i, :, b], dense_queue)
+    return (1 - lam) * glob + lam * dense / (n * s)
+
+
+def test_densecl_loss_matches_the_authors_position_by_position():
+    from sslcifar.losses import densecl_loss, densecl_match
+    n, d, s, c, K = 3, 4, 5, 6, 7
+    unit = lambda t, dim: F.normalize(t, dim=dim)                      # noqa: E731
+    q, q_grid = unit(_randn(n, d, seed=1), 1), unit(_randn(n, d, s, seed=2), 1)
+    k, k_grid = unit(_randn(n, d, seed=3, grad=False), 1), unit(_randn(n, d, s, seed=4, grad=False), 1)
+    f_q, f_k = _randn(n, c, s, seed=5, grad=False), _randn(n, c, s, seed=6, grad=False)
+    queue, dense_queue = unit(_randn(K, d, seed=7, grad=False), 1), unit(_randn(K, d, seed=8, grad=False), 1)
+    match = densecl_match(f_q, f_k)
+    ours = densecl_loss(q, k, queue, q_grid, k_grid, match, dense_queue, 0.2, 0.5)
+    ref = naive_densecl(q, k, queue, q_grid, k_grid, f_q, f_k, dense_queue, 0.2, 0.5)
+    torch.testing.assert_close(ours, ref, atol=1e-12, rtol=1e-12)
+    for a, b in zip(_grads(ours, q, q_grid), _grads(ref, q, q_grid)):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
+
+
+def test_densecl_matches_positions_by_backbone_features_and_by_hand():
+    """Key map = the query map with its positions reversed: position s matches S-1-s. With
+    every projection identical the loss is log(K + 1), whatever the match."""
+    from sslcifar.losses import densecl_loss, densecl_match
+    f_q = _randn(2, 8, 5, seed=9, grad=False)
+    assert densecl_match(f_q, f_q.flip(2)).tolist() == [[4, 3, 2, 1, 0]] * 2
+    one = torch.ones(2, 3, dtype=torch.float64) / math.sqrt(3)
+    grid = one.unsqueeze(2).expand(2, 3, 5)
+    queue = torch.ones(6, 3, dtype=torch.float64) / math.sqrt(3)
+    loss = densecl_loss(one, one, queue, grid, grid, densecl_match(f_q, f_q.flip(2)), queue, 0.2, 0.5)
+    assert loss.item() == pytest.approx(math.log(7), rel=1e-12)
+
+
+def test_the_backbone_feature_map_pooled_is_its_forward():
+    from sslcifar.models import build_backbone
+    net = build_backbone("resnet18", 4, "cifar", 32).eval()
+    x = torch.randn(2, 3, 32, 32)
+    fmap = net.feature_map(x)
+    assert fmap.shape == (2, net.num_features, 4, 4)
+    assert torch.equal(net.pool(fmap), net(x))

@@ -1,7 +1,7 @@
 """Losses: pure documented functions (and small modules where a loss keeps state).
 
     contrastive   nt_xent, nt_xent_multi, supcon, moco_infonce, mocov3_infonce, nnclr_loss,
-                  ressl_loss, dcl_loss (DCL and DCLW)
+                  ressl_loss, dcl_loss (DCL and DCLW), densecl_match, densecl_loss
     sogclr        SogCLRLoss (a per-sample moving-average estimator, in a buffer)
     redundancy    barlow_twins, vicreg, all4one_redundancy, tico_loss (decorrelation of the
                   embedding's dimensions)
@@ -19,7 +19,7 @@ Every function documents its tensor shapes, and each is tested against a naive
 implementation and the paper's formula (tests/test_losses*.py).
 """
 from .cluster import deepclusterv2_loss, smog_loss, spherical_kmeans
-from .contrastive import (dcl_loss, moco_infonce, mocov3_infonce, nnclr_loss, nt_xent, nt_xent_multi, ressl_loss,
+from .contrastive import (dcl_loss, densecl_loss, densecl_match, moco_infonce, mocov3_infonce, nnclr_loss, nt_xent, nt_xent_multi, ressl_loss,
                           supcon)
 from .distill import DINOLoss, sinkhorn, swav_loss
 from .invariance import gradient_penalty
@@ -30,6 +30,6 @@ from .sogclr import SogCLRLoss
 from .spectral import emp_ssl_loss, mmcr_loss, total_coding_rate
 from .whitening import vibcreg_loss, whiten_cholesky, whiten_iterative, wmse_loss
 
-__all__ = ["all4one_redundancy", "barlow_twins", "byol", "dcl_loss", "deepclusterv2_loss", "emp_ssl_loss", "fastsiam_loss", "mmcr_loss", "tico_loss", "spherical_kmeans", "gradient_penalty", "lejepa_loss", "moco_infonce", "mocov3_infonce", "nnclr_loss", "nt_xent", "nt_xent_multi",
+__all__ = ["all4one_redundancy", "barlow_twins", "byol", "dcl_loss", "deepclusterv2_loss", "densecl_loss", "densecl_match", "emp_ssl_loss", "fastsiam_loss", "mmcr_loss", "tico_loss", "spherical_kmeans", "gradient_penalty", "lejepa_loss", "moco_infonce", "mocov3_infonce", "nnclr_loss", "nt_xent", "nt_xent_multi",
            "ressl_loss", "sigreg_loss", "simsiam", "sinkhorn", "smog_loss", "supcon", "swav_loss", "total_coding_rate", "vicreg", "vibcreg_loss", "whiten_cholesky", "whiten_iterative", "wmse_loss",
            "DINOLoss", "SogCLRLoss"]

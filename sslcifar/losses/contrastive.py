@@ -1,6 +1,6 @@
 """Contrastive losses as pure functions: NT-Xent (two views or many), SupCon, MoCo's InfoNCE,
 MoCo v3's in-batch InfoNCE, NNCLR's neighbour contrast, ReSSL's relational loss, DCL's
-decoupled contrast (DCLW weighted).
+decoupled contrast (DCLW weighted), DenseCL's position-by-position contrast.
 
 Shapes: N samples in the (global) batch, V views, D embedding size, K queue size.
 Similarities are computed in float32 even under bf16 autocast: the softmax over
@@ -303,3 +303,52 @@ def dcl_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.1,
         return (-w * positive / temperature + torch.logsumexp(negatives, dim=1)).mean()
 
     return 0.5 * (one_direction(z1, z2) + one_direction(z2, z1))
+
+
+def densecl_match(f_q: torch.Tensor, f_k: torch.Tensor) -> torch.Tensor:
+    """DenseCL's correspondence between two views' positions (Wang et al., CVPR 2021,
+    "Dense Contrastive Learning for Self-Supervised Visual Pre-Training", sec. 3.2): for each
+    position of the query's backbone map, the key map's position of largest cosine
+    similarity of the backbone features (not of the projections).
+
+    Args:
+        f_q: [N, C, S] the query view's backbone feature map, S = h * w positions.
+        f_k: [N, C, S] the key view's.
+
+    Returns:
+        [N, S] int64: for query position s of image n, the matched key position.
+    """
+    with torch.no_grad():
+        f_q, f_k = F.normalize(_fp32(f_q), dim=1), F.normalize(_fp32(f_k), dim=1)
+        return torch.einsum("ncs,nct->nst", f_q, f_k).argmax(dim=2)
+
+
+def densecl_loss(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, q_grid: torch.Tensor,
+                 k_grid: torch.Tensor, match: torch.Tensor, dense_queue: torch.Tensor,
+                 temperature: float = 0.2, loss_lambda: float = 0.5) -> torch.Tensor:
+    """DenseCL's loss, as the authors' `DenseCL.forward_train` (WXinlong/DenseCL, openselfsup/
+    models/densecl.py): MoCo's InfoNCE of the global projections against a queue of keys,
+    and the same InfoNCE for every position of the dense projections, whose positive is
+    the key view's dense projection at the matched position (`densecl_match`) and whose
+    negatives are a second queue (of the keys' pooled dense projections):
+
+        loss = (1 - lambda) moco_infonce(q, k, queue)
+               + lambda moco_infonce(q_grid[n, :, s], k_grid[n, :, match[n, s]], dense_queue)
+                 averaged over the N*S positions
+
+    Args:
+        q, k: [N, D] normalised global projections of the query and key views.
+        queue: [K, D] the global keys of earlier batches.
+        q_grid, k_grid: [N, D, S] dense projections, normalised along D.
+        match: [N, S] the key position of each query position.
+        dense_queue: [K, D] the pooled dense keys of earlier batches.
+        temperature: T (0.2); loss_lambda: the dense term's weight (0.5).
+
+    Returns:
+        Scalar loss. With everything identical it equals log(K + 1).
+    """
+    d = q_grid.shape[1]
+    k_matched = torch.gather(k_grid, 2, match.unsqueeze(1).expand(-1, d, -1))    # [N, D, S]
+    per_position = lambda g: g.permute(0, 2, 1).reshape(-1, d)                   # noqa: E731
+    dense = moco_infonce(per_position(q_grid), per_position(k_matched), dense_queue, temperature)
+    return (1 - loss_lambda) * moco_infonce(q, k, queue, temperature) + loss_lambda * dense

@@ -91,36 +91,40 @@ class MoCo(Method):
                 f"or 1 for plain BatchNorm")
 
     @torch.no_grad()
-    def _dequeue_and_enqueue(self, keys: torch.Tensor):
-        """keys [N, D] (gathered over ranks) replace the oldest N rows, wrapping around."""
+    def _dequeue_and_enqueue(self, keys: torch.Tensor, name: str = "queue"):
+        """keys [N, D] (gathered over ranks) replace the oldest N rows of the queue buffer
+        `name` (its pointer: `name`_ptr), wrapping around."""
+        queue, ptr = getattr(self, name), getattr(self, name + "_ptr")
         keys = dist.gather(keys)
         n = keys.shape[0]
-        rows = (self.queue_ptr + torch.arange(n, device=keys.device)) % self.K
-        self.queue[rows] = keys.to(self.queue.dtype)
-        self.queue_ptr.copy_((self.queue_ptr + n) % self.K)
+        rows = (ptr + torch.arange(n, device=keys.device)) % self.K
+        queue[rows] = keys.to(queue.dtype)
+        ptr.copy_((ptr + n) % self.K)
 
     def _encode_k(self, x: torch.Tensor) -> torch.Tensor:
         return nn.functional.normalize(self.projector_k(self.backbone_k(x)), dim=1)
 
     @torch.no_grad()
-    def _keys(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalised keys [N, D] of x [N, 3, H, W], in x's order. With shuffle_bn the
-        key encoder sees the batch in a random order, so BatchNorm cannot use in-batch
-        statistics to find the positive (MoCo's 'cheating' through BN): across ranks
-        when there are several, within the batch on one process (which matters with
-        method.bn_splits > 1, where each BN group is a random subset of the keys)."""
-        encode = self._encode_k
+    def _keys(self, x: torch.Tensor, encode=None):
+        """Normalised keys [N, D] of x [N, 3, H, W] (or the tuple of tensors [N, ...] that
+        `encode` returns: DenseCL's), in x's order. With shuffle_bn the key encoder sees the
+        batch in a random order, so BatchNorm cannot use in-batch statistics to find the
+        positive (MoCo's 'cheating' through BN): across ranks when there are several,
+        within the batch on one process (which matters with method.bn_splits > 1, where
+        each BN group is a random subset of the keys)."""
+        encode = encode or self._encode_k
         if not self.shuffle_bn:
             return encode(x)
+        each = lambda out, f: tuple(map(f, out)) if isinstance(out, tuple) else f(out)  # noqa: E731
         if not dist.is_distributed():
             perm = torch.randperm(x.shape[0], device=x.device)
-            return encode(x[perm])[torch.argsort(perm)]
+            return each(encode(x[perm]), lambda k: k[torch.argsort(perm)])
         x_all = dist.gather(x)
         perm = torch.randperm(x_all.shape[0], device=x.device)
         torch.distributed.broadcast(perm, src=0)
         b, r = x.shape[0], dist.rank()
-        k_all = dist.gather(encode(x_all[perm[r * b:(r + 1) * b]]))
-        return k_all[torch.argsort(perm)][r * b:(r + 1) * b]
+        k_all = each(encode(x_all[perm[r * b:(r + 1) * b]]), dist.gather)
+        return each(k_all, lambda k: k[torch.argsort(perm)][r * b:(r + 1) * b])
 
     def forward(self, batch) -> dict:
         x1, x2 = batch.views
