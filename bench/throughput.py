@@ -37,7 +37,8 @@ from sslcifar.data.sources import ImageSource  # noqa: E402
 from sslcifar.data.views import view_sizes, view_specs  # noqa: E402
 from sslcifar.distributed import autocast_dtype, pick_device  # noqa: E402
 from sslcifar.methods import build_method  # noqa: E402
-from sslcifar.train import train_step  # noqa: E402
+from sslcifar.schedule import Schedules  # noqa: E402
+from sslcifar.step import train_step  # noqa: E402
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -117,10 +118,13 @@ def main():
     index = torch.arange(args.batch, device=device)
     labels = torch.zeros(args.batch, dtype=torch.long, device=device)
 
+    # SimCLR schedules nothing per step; the loop's one step needs the step's values anyway
+    now = Schedules(model.schedules(cfg, args.steps, args.steps), args.steps).at(0)
+
     def step(batch):
         if args.channels_last:
             batch.views = [v.contiguous(memory_format=torch.channels_last) for v in batch.views]
-        return train_step(model, opt, scaler, autocast, batch)
+        return train_step(model, model, opt, batch, now, scaler, autocast)
 
     def timed(batches_iter):
         sync(device)
