@@ -149,6 +149,11 @@ LOSS_DEFAULTS = {
     losses.spherical_kmeans: ("loss/deepclusterv2", {"iterations": "kmeans_iterations"}),
     losses.gradient_penalty: ("method/invclr", {"upper_limit": "gp_upper_limit",
                                                 "normalize": "gp_normalize"}),
+    losses.dcl_loss: ("loss/dcl", {}), losses.tico_loss: ("loss/tico", {}),
+    losses.mmcr_loss: ("loss/mmcr", {}), losses.smog_loss: ("loss/smog", {}),
+    losses.sigreg_loss: ("loss/lejepa", {}), losses.lejepa_loss: ("loss/lejepa", {}),
+    losses.total_coding_rate: ("loss/emp_ssl", {}), losses.emp_ssl_loss: ("loss/emp_ssl", {}),
+    losses.densecl_loss: ("loss/densecl", {}),
 }
 
 
