@@ -161,8 +161,8 @@ def test_a_changed_encoder_fails_the_run_loudly(cifar_root, tmp_path, monkeypatc
     """The check is wired into linear_eval: an encoder changed during fitting is an error."""
     real = le.fit_sgd
 
-    def fit_and_break(backbone, *args):
-        out = real(backbone, *args)
+    def fit_and_break(backbone, *args, **kwargs):
+        out = real(backbone, *args, **kwargs)
         backbone.layer4[1].bn2.running_var.mul_(1.0001)
         return out
     monkeypatch.setattr(le, "fit_sgd", fit_and_break)
