@@ -57,6 +57,9 @@ METHOD_OVERRIDES = {
     # resume test stops at step 3, a reset), narrow heads
     # 3 patches instead of 20, a narrow projector (4096 x 4096 by default)
     "emp_ssl": ["augment.groups.0.count=3", "method.proj_hidden_dim=64", "method.proj_out_dim=16"],
+    # narrow heads (2048 and 512 wide by default), and 2 local crops: maps of two sizes
+    "vicregl": ["optimizer.lr=0.1", "method.proj_hidden_dim=256", "method.proj_out_dim=256",
+                "method.maps_hidden_dim=64", "method.maps_out_dim=64", "augment.small_crops=2"],
     "smog": ["method.num_groups=4", "method.queue_size=40", "method.reset_every=3",
              "method.proj_hidden_dim=64", "method.pred_hidden_dim=64"],
 }

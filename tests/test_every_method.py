@@ -72,7 +72,19 @@ def _batch(name, cfg, b, sl=slice(None), dtype=torch.float32, noise=None):
     views = synthetic_views(cfg, b, g, dtype, noise)
     index = torch.randperm(b, generator=g)
     labels = torch.arange(b) % 3
-    return Batch([v[sl] for v in views], index[sl], labels[sl])
+    return Batch([v[sl] for v in views], index[sl], labels[sl], _geometry(cfg, b, sl))
+
+
+def _geometry(cfg, b, sl):
+    """Crop boxes and flips for each view, as the image pipelines hand them over in
+    batch.params (VICRegL locates its feature maps with them); from their own generator,
+    so the views above are the same with or without them."""
+    from sslcifar.data.augment import sample_geometry
+    from sslcifar.data.views import view_specs
+    g, size = torch.Generator().manual_seed(1), cfg.dataset.size
+    params = [sample_geometry(spec, b, size, size, g, "cpu")
+              for spec in view_specs(cfg.augment, cfg.dataset) for _ in range(spec.count)]
+    return [{k: v[sl] for k, v in p.items()} for p in params]
 
 
 def _steps(model, method, cfg, batch, steps=1, lr=0.1):

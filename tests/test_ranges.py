@@ -153,7 +153,7 @@ LOSS_DEFAULTS = {
     losses.mmcr_loss: ("loss/mmcr", {}), losses.smog_loss: ("loss/smog", {}),
     losses.sigreg_loss: ("loss/lejepa", {}), losses.lejepa_loss: ("loss/lejepa", {}),
     losses.total_coding_rate: ("loss/emp_ssl", {}), losses.emp_ssl_loss: ("loss/emp_ssl", {}),
-    losses.densecl_loss: ("loss/densecl", {}),
+    losses.densecl_loss: ("loss/densecl", {}), losses.vicregl_loss: ("loss/vicregl", {}),
 }
 
 
@@ -164,7 +164,8 @@ def test_the_defaults_a_loss_function_keeps_equal_the_yaml():
         for p in inspect.signature(fn).parameters.values():
             key = renamed.get(p.name, p.name)
             if p.default is not inspect.Parameter.empty and key in values:
-                assert p.default == values[key], f"{fn.__name__}({p.name}={p.default}) vs {name}.yaml {values[key]}"
+                default = list(p.default) if isinstance(p.default, tuple) else p.default
+                assert default == values[key], f"{fn.__name__}({p.name}={p.default}) vs {name}.yaml {values[key]}"
                 checked += 1
         assert checked, f"{fn.__name__}: no default to compare with {name}.yaml"
 

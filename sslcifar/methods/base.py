@@ -89,6 +89,19 @@ class TemperatureConfig(LossConfig):
 
 # ---------------------------------------------------------------------- the base class
 
+def _same_size_runs(views: List[torch.Tensor]) -> List[Tuple[torch.Tensor, int]]:
+    """Consecutive views of one size concatenated: [(batch of the run, number of views)]."""
+    runs, start = [], 0
+    while start < len(views):
+        end = start + 1
+        while end < len(views) and views[end].shape[-2:] == views[start].shape[-2:]:
+            end += 1
+        runs.append((views[start] if end == start + 1 else torch.cat(views[start:end]),
+                     end - start))
+        start = end
+    return runs
+
+
 class Method(nn.Module):
     name: ClassVar[str]
     loss_name: ClassVar[str]
@@ -155,15 +168,16 @@ class Method(nn.Module):
         backbone pass per run of consecutive views of the same size (DINO's multi-crop
         wrapper): BatchNorm statistics over all the views of a size at once."""
         backbone = self.backbone if backbone is None else backbone
-        out, start = [], 0
-        while start < len(views):
-            end = start + 1
-            while end < len(views) and views[end].shape[-2:] == views[start].shape[-2:]:
-                end += 1
-            x = views[start] if end == start + 1 else torch.cat(views[start:end])
-            out.append(backbone(x))
-            start = end
+        out = [backbone(x) for x, _ in _same_size_runs(views)]
         return out[0] if len(out) == 1 else torch.cat(out)
+
+    def encode_maps(self, views: List[torch.Tensor]) -> List[torch.Tensor]:
+        """Each view's last feature map [b, C, h_v, w_v] (`ResNet.feature_map`), batched as
+        `encode` batches: one backbone pass per run of views of the same size."""
+        out = []
+        for x, count in _same_size_runs(views):
+            out.extend(self.backbone.feature_map(x).chunk(count))
+        return out
 
     # ------------------------------------------------------------------ hooks of the loop
     def param_groups(self) -> List[dict]:
