@@ -16,7 +16,7 @@ the shared ones in `conf/common/`); a schema field holds its type and, through
 it reads the config.
 """
 from dataclasses import dataclass, field, make_dataclass
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -28,11 +28,20 @@ POSITIVE, NON_NEGATIVE, AT_LEAST_1, PROBABILITY = "(0, inf)", "[0, inf)", "[1, i
 
 @dataclass
 class BackboneConfig:
-    name: str = declared(choices=("resnet18", "resnet34", "resnet50"))
-    width: int = declared(AT_LEAST_1)       # channels of the first stage; 64 = torchvision's ResNet
+    name: str = declared(choices=("resnet18", "resnet34", "resnet50", "wide_resnet28w2",
+                                  "wide_resnet28w8", "vit_tiny", "vit_small", "vit_base",
+                                  "swin_tiny", "convnext_tiny", "timm"))
+    # channels of the first stage (64 = torchvision's ResNet, 16 = WideResNet's, ConvNeXt's
+    # 96); a ViT's or Swin's embedding size
+    width: int = declared(AT_LEAST_1)
     # cifar (3x3 s1, no max-pool) | stl (3x3 s1 + max-pool) | imagenet | auto (from the image size)
     stem: str = declared(choices=("auto", "cifar", "stl", "imagenet"))
     sync_bn: bool = MISSING                 # convert BatchNorm to SyncBatchNorm when distributed
+    # timm backbones (sslcifar/timm_backbones.py): the timm model, the patch size (ViT,
+    # Swin) or stem stride (ConvNeXt; null: from the image size), and create_model's kwargs
+    timm_name: Optional[str] = MISSING
+    patch_size: Optional[int] = declared(AT_LEAST_1)
+    kwargs: Dict[str, Any] = MISSING
 
 
 @dataclass
@@ -48,6 +57,9 @@ class OptimizerConfig:
     trust_coefficient: float = declared(POSITIVE)               # LARS eta
     lars_variant: str = declared(choices=("sogclr", "solo", "torchlars"))   # sslcifar/optim.py
     clip_lr: bool = MISSING                 # LARS solo: step min(eta * trust, lr) (solo-learn's clip_lr)
+    # no weight decay on biases, norms, position embeddings and class tokens (the ViT
+    # recipes; solo-learn's exclude_bias_n_norm_wd)
+    exclude_bias_n_norm_wd: bool = MISSING
 
 
 @dataclass

@@ -139,10 +139,44 @@ class ResNet(nn.Module):
         return self.pool(self.feature_map(x))
 
 
-def build_backbone(name: str, width: int, stem: str, image_size: int) -> nn.Module:
-    """A ResNet encoder: images [B, 3, S, S] -> features [B, num_features]."""
+WIDE_RESNETS = {"wide_resnet28w2": (28, 2), "wide_resnet28w8": (28, 8)}
+
+
+def has_feature_map(name: str) -> bool:
+    """Whether backbone `name` hands out a map [B, C, h, w] (dense methods need one): the
+    convolutional ones, not a ViT's tokens or Swin's channels-last map."""
+    return name in _BLOCKS or name in WIDE_RESNETS or name == "convnext_tiny"
+
+
+def backbone_from_config(b, image_size: int) -> nn.Module:
+    """build_backbone from a backbone config (cfg.backbone, or a checkpoint's saved dict:
+    files written before the timm keys existed lack them)."""
+    from omegaconf import OmegaConf
+    get = b.get
+    kwargs = get("kwargs") or {}
+    kwargs = OmegaConf.to_container(kwargs) if OmegaConf.is_config(kwargs) else dict(kwargs)
+    return build_backbone(get("name"), int(get("width")), get("stem", "auto"), image_size,
+                          patch_size=get("patch_size"), timm_name=get("timm_name"),
+                          kwargs=kwargs)
+
+
+def build_backbone(name: str, width: int, stem: str, image_size: int,
+                   patch_size: Optional[int] = None, timm_name: Optional[str] = None,
+                   kwargs: Optional[dict] = None) -> nn.Module:
+    """An encoder: images [B, 3, S, S] -> features [B, num_features], with
+    `feature_map(x)` and `pool(fmap)` splitting it. ResNets (here), WideResNets
+    (`sslcifar.wide_resnet`) and timm's models (`sslcifar.timm_backbones`: patch_size,
+    timm_name and kwargs are theirs)."""
+    if name in WIDE_RESNETS:
+        from .wide_resnet import WideResNet
+        depth, k = WIDE_RESNETS[name]
+        return WideResNet(depth, k, width)
+    from .timm_backbones import FAMILIES, build_timm
+    if name in FAMILIES:
+        return build_timm(name, width, image_size, patch_size, timm_name, kwargs or {})
     if name not in _BLOCKS:
-        raise ValueError(f"backbone.name={name!r} is not one of {sorted(_BLOCKS)}")
+        raise ValueError(f"backbone.name={name!r} is not one of "
+                         f"{sorted(_BLOCKS) + sorted(WIDE_RESNETS) + sorted(FAMILIES)}")
     block, layers = _BLOCKS[name]
     net = ResNet(block, layers, width)
     stem = resolve_stem(stem, image_size)

@@ -1,9 +1,10 @@
 """Optimizers: SGD and AdamW from torch, LARS (three variants) written out, and learning-rate
 scaling."""
 import math
-from typing import Iterable
+from typing import Iterable, List
 
 import torch
+from torch import nn
 
 
 class LARS(torch.optim.Optimizer):
@@ -116,3 +117,29 @@ def build_optimizer(params, o, lr: float) -> torch.optim.Optimizer:
     if o.name == "adamw":
         return torch.optim.AdamW(params, lr=lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
     raise ValueError(f"unknown optimizer {o.name!r}: use sgd, lars, adam or adamw")
+
+
+def exclude_from_decay(groups: List[dict], model: nn.Module) -> List[dict]:
+    """optimizer.exclude_bias_n_norm_wd: each group split in two, its weights and the rest
+    with weight decay 0 (never scheduled): biases and norms (ndim <= 1, as solo-learn's
+    exclude_bias_n_norm_wd and DINO's get_params_groups) and the names a timm backbone lists
+    in `no_weight_decay()` (position embeddings, class token: the ViT recipes). A group with
+    its own weight_decay is left as it is."""
+    exempt = {id(p) for p in model.parameters() if p.ndim <= 1}
+    backbone = getattr(model, "backbone", None)
+    if backbone is not None and hasattr(backbone, "no_weight_decay"):
+        names = backbone.no_weight_decay()
+        exempt |= {id(p) for n, p in backbone.named_parameters() if n in names}
+    out = []
+    for g in groups:
+        if "weight_decay" in g:
+            out.append(g)
+            continue
+        params = list(g["params"])
+        decay = [p for p in params if id(p) not in exempt]
+        free = [p for p in params if id(p) in exempt]
+        if decay:
+            out.append({**g, "params": decay})
+        if free:
+            out.append({**g, "params": free, "weight_decay": 0.0})
+    return out

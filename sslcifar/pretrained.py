@@ -37,6 +37,7 @@ UserError listing the missing and unexpected keys.
 """
 import argparse
 import logging
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +48,7 @@ from torch import nn
 
 from . import checkpoint as ckpt
 from .errors import UserError
-from .models import build_backbone, resolve_stem
+from .models import backbone_from_config, build_backbone, resolve_stem
 
 log = logging.getLogger("sslcifar")
 
@@ -83,7 +84,8 @@ class Pretrained:
     @property
     def describe(self) -> str:
         src = "random init" if self.path is None else str(self.path)
-        return f"{self.name} width {self.width} {self.stem} stem, {self.format}: {src}"
+        stem = f" {self.stem} stem" if self.name in _ARCH.values() else ""
+        return f"{self.name} width {self.width}{stem}, {self.format}: {src}"
 
 
 # ---------------------------------------------------------------------- entry point
@@ -96,7 +98,7 @@ def load_encoder(cfg, outputs: Optional[Path] = None) -> Pretrained:
     if spec == "random":
         torch.manual_seed(cfg.seed)
         stem = resolve_stem(b.stem, cfg.dataset.size)
-        net = build_backbone(b.name, b.width, stem, cfg.dataset.size)
+        net = backbone_from_config(b, cfg.dataset.size)
         return _freeze(Pretrained(net, None, "random", b.name, b.width, stem))
     if spec is None:
         outputs = outputs if outputs is not None else launch_dir() / "outputs"
@@ -200,11 +202,19 @@ def load_checkpoint(path: Path, name: str = "resnet18", stem: str = "auto",
         sd, fmt = _ours(state["model"]), "sslcifar"
         b = config["backbone"]
         name, width = b["name"], int(b["width"])
-        stem = resolve_stem(b["stem"], int(config.get("dataset", {}).get("size", image_size)))
+        trained_size = int(config.get("dataset", {}).get("size", image_size))
+        stem = resolve_stem(b["stem"], trained_size)
+        if name not in _ARCH.values():      # built as trained (a ViT's position embeddings)
+            net = backbone_from_config(b, trained_size)
+            load_backbone_weights(net, sd, path, f"a {name} (width {width})")
+            log.info("loaded %s encoder %s (width %d) from %s", fmt, name, width, path)
+            return _freeze(Pretrained(net, path, fmt, name, width, stem, config))
     else:
         raw = _state_dict_of(state, path)
         fmt = _format_of(raw)
         sd = encoder_state_dict(raw)
+        if "pos_embed" in sd and "patch_embed.proj.weight" in sd:
+            return _load_vit(sd, path, _vit_format(raw))
         layout = _sequential_layout(sd)
         if layout is not None:
             sd = _renumbered(sd, layout)
@@ -223,9 +233,51 @@ def _ours(model: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     return {k[len(p):]: v for k, v in model.items() if k.startswith(p)}
 
 
+# ---------------------------------------------------------------------- ViTs
+
+VIT_HEADS = {192: 3, 384: 6, 768: 12, 1024: 16}          # ViT-Ti/S/B/L: 64 channels per head
+VIT_NAMES = {192: "vit_tiny", 384: "vit_small", 768: "vit_base"}
+
+
+def _vit_format(raw: Dict[str, torch.Tensor]) -> str:
+    keys = list(raw)
+    if any(k.startswith("momentum_backbone.") for k in keys):
+        return "solo-learn"
+    if any("base_encoder." in k for k in keys):
+        return "mocov3"
+    return "dino" if any(k.startswith("backbone.") for k in keys) or "cls_token" in raw \
+        else "timm"
+
+
+def _load_vit(sd: Dict[str, torch.Tensor], path: Path, fmt: str) -> "Pretrained":
+    """A timm-layout ViT state dict (DINO's, MoCo v3's, solo-learn's, timm's: the same names
+    once their prefixes are gone) into the timm ViT its shapes describe: width from the
+    position embeddings, patch size from the patch projection, the training image size from
+    the number of position embeddings, depth from the blocks, heads as ViT-Ti/S/B/L's 64
+    channels each (the weights do not record them)."""
+    pos, proj = sd["pos_embed"], sd["patch_embed.proj.weight"]
+    width, patch = int(pos.shape[-1]), int(proj.shape[-1])
+    prefix_tokens = int("cls_token" in sd) + (int(sd["reg_token"].shape[1]) if "reg_token" in sd else 0)
+    side = math.isqrt(int(pos.shape[1]) - prefix_tokens)
+    depth = len({m.group(1) for k in sd for m in [re.match(r"blocks\.(\d+)\.", k)] if m})
+    kwargs = dict(depth=depth, num_heads=VIT_HEADS.get(width, max(1, width // 64)),
+                  mlp_ratio=sd["blocks.0.mlp.fc1.weight"].shape[0] / width,
+                  class_token="cls_token" in sd, no_embed_class=False)
+    if "reg_token" in sd:
+        kwargs["reg_tokens"] = int(sd["reg_token"].shape[1])
+    name = VIT_NAMES.get(width, "vit_base")
+    net = build_backbone(name, width, "auto", side * patch, patch_size=patch,
+                         timm_name="vit_base_patch16_224", kwargs=kwargs)
+    load_backbone_weights(net, {f"model.{k}": v for k, v in sd.items()}, path,
+                          f"a ViT (width {width}, patch {patch}, {depth} blocks)")
+    log.info("loaded %s ViT encoder (width %d, patch %d, %d blocks, %d px) from %s", fmt, width,
+             patch, depth, side * patch, path)
+    return _freeze(Pretrained(net, path, fmt, name, width, "auto"))
+
+
 def _state_dict_of(state: dict, path: Path) -> Dict[str, torch.Tensor]:
     """The tensors of a foreign checkpoint: its `state_dict`, its `model`, or itself."""
-    for key in ("state_dict", "model"):
+    for key in ("state_dict", "model", "teacher"):      # teacher: DINO's checkpoint.pth
         if isinstance(state.get(key), dict):
             state = state[key]
             break

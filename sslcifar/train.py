@@ -41,7 +41,7 @@ from .knn import knn_scores
 from .methods import build_method
 from .metrics import MetricsLog, WandbRun, epoch_row, new_meters, progress_enabled
 from .models import resolve_stem
-from .optim import build_optimizer, scaled_lr
+from .optim import build_optimizer, exclude_from_decay, scaled_lr
 from .probe import OnlineProbe
 from .resume import EvaluationInterrupted, StopRequest, check_same_config, current_overrides, requeued
 from .schedule import Schedules, cosine_scheduler
@@ -189,6 +189,8 @@ def set_up(cfg, run_dir: Path) -> Run:
     o = cfg.optimizer
     base_lr = scaled_lr(o.lr, cfg.batch_size, o.lr_scaling)
     groups = method.param_groups()
+    if o.exclude_bias_n_norm_wd:
+        groups = exclude_from_decay(groups, method)
     for g in groups:            # a group that sets its own weight decay keeps it
         g["wd_schedule"] = "weight_decay" not in g
     optimizer = build_optimizer(groups, o, base_lr)
@@ -215,9 +217,9 @@ def set_up(cfg, run_dir: Path) -> Run:
     if is_main:
         for warning in schedule_warnings(cfg):
             log.warning(warning)
-        log.info("%s | %s-%s w%d | %s %d train images, %s | batch %d x %d steps/epoch | "
-                 "lr %.4g | %s %s | %d process(es)", cfg.method.name, cfg.backbone.name,
-                 resolve_stem(cfg.backbone.stem, cfg.dataset.size), cfg.backbone.width,
+        log.info("%s | %s w%d | %s %d train images, %s | batch %d x %d steps/epoch | "
+                 "lr %.4g | %s %s | %d process(es)", cfg.method.name, _backbone_line(cfg),
+                 cfg.backbone.width,
                  cfg.dataset.name, len(train_src), _views_line(cfg), cfg.batch_size,
                  steps_per_epoch, base_lr, device, amp_dtype or "fp32", world)
     run.stop.install()
@@ -465,6 +467,19 @@ def finish(run: Run) -> Dict[str, float]:
 
 
 # ---------------------------------------------------------------------- helpers
+
+def _backbone_line(cfg) -> str:
+    """resnet18-cifar (a ResNet and its stem), wide_resnet28w2, vit_tiny/4 (its patch size)."""
+    b = cfg.backbone
+    if b.name.startswith("resnet"):
+        return f"{b.name}-{resolve_stem(b.stem, cfg.dataset.size)}"
+    from .timm_backbones import FAMILIES, default_patch_size
+    if b.name in FAMILIES:
+        patch = b.patch_size or default_patch_size(FAMILIES[b.name], cfg.dataset.size)
+        name = b.timm_name if b.name == "timm" else b.name
+        return name if patch is None else f"{name}/{patch}"
+    return b.name
+
 
 def _views_line(cfg) -> str:
     """'2x32px views' / '2x32px + 6x24px views' for the log's first line."""

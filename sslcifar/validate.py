@@ -63,6 +63,7 @@ def validate_config(cfg) -> None:
     for key, size in [("dataset.size", cfg.dataset.size)] + [("view size", s) for s in sizes]:
         _require(size >= MIN_SIZE[stem], key, size,
                  f"the {stem} stem needs images of at least {MIN_SIZE[stem]}px")
+    _check_backbone(cfg.backbone, cfg.dataset.size, sizes)
     _require(not (method.needs_replay and cfg.dataset.pipeline == "torchvision"), "dataset.pipeline",
              "torchvision", f"method={method.name} re-makes views from their parameters, which "
              f"torchvision's pipeline cannot: use auto, device or stream")
@@ -128,3 +129,22 @@ def check_disk_space(run_dir: Path, checkpoint_bytes: int) -> None:
         raise UserError(f"not enough disk space for checkpoints in {run_dir}: {free / 1e6:.1f} MB "
                         f"free, {need / 1e6:.1f} MB needed (three copies of {checkpoint_bytes / 1e6:.1f}"
                         f" MB while saving). Fix: free some space, or hydra.run.dir=<a larger disk>")
+
+
+def _check_backbone(b, image_size: int, sizes) -> None:
+    """A timm backbone needs timm installed; a ViT or Swin cuts each view into whole
+    patches; Swin's windows fix one view size."""
+    from .timm_backbones import FAMILIES, default_patch_size, import_timm
+    family = FAMILIES.get(b.name)
+    if family is not None:
+        import_timm()
+    if family not in ("vit", "swin"):
+        return
+    patch = b.patch_size or default_patch_size(family, image_size)
+    bad = sorted({s for s in sizes if s % patch})
+    _require(not bad, "backbone.patch_size", patch, f"views of {bad} px are not whole numbers of "
+             f"{patch}-pixel patches (backbone={b.name}): choose a patch size that divides "
+             f"every view size")
+    _require(family != "swin" or len(set(sizes)) == 1, "backbone", b.name,
+             f"Swin's windows are fixed to one image size, the views have {sorted(set(sizes))} px "
+             f"(use a ViT or ConvNeXt for multi-crop, or augment.small_crops=0)")

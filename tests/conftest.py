@@ -65,6 +65,20 @@ METHOD_OVERRIDES = {
 }
 
 
+# Each backbone beyond the ResNets at a tiny size (tests/test_backbones.py); "METHOD@NAME"
+# in test_every_method's helpers adds these overrides to METHOD's
+TINY_BACKBONES = {
+    "wide_resnet28w2": ["backbone=wide_resnet28w2", "backbone.width=4"],
+    "vit_tiny": ["backbone=vit_tiny", "backbone.width=32", "backbone.kwargs.depth=2",
+                 "backbone.kwargs.num_heads=2"],
+    "swin_tiny": ["backbone=swin_tiny", "backbone.width=16", "backbone.kwargs.depths=[1,1,1,1]",
+                  "backbone.kwargs.num_heads=[1,1,2,2]"],
+    "convnext_tiny": ["backbone=convnext_tiny", "backbone.width=8",
+                      "backbone.kwargs.depths=[1,1,1,1]"],
+    "timm": ["backbone=timm", "backbone.timm_name=test_resnet"],
+}
+
+
 def run(script: str, *overrides: str, cwd=None, timeout: float = 300, env=None,
         check: bool = True) -> subprocess.CompletedProcess:
     """Run a top-level script (simclr.py, moco.py, linear_eval.py), or a module given as
@@ -153,8 +167,11 @@ def registered_methods():
 
 
 def method_overrides(name: str):
-    """`method=NAME` and its tiny overrides (METHOD_OVERRIDES)."""
-    return [f"method={name}", *METHOD_OVERRIDES.get(name, [])]
+    """`method=NAME` and its tiny overrides (METHOD_OVERRIDES); "METHOD@BACKBONE" adds the
+    backbone's (TINY_BACKBONES)."""
+    method, _, backbone = name.partition("@")
+    return [f"method={method}", *METHOD_OVERRIDES.get(method, []),
+            *(TINY_BACKBONES[backbone] if backbone else [])]
 
 
 def synthetic_views(cfg, b: int, generator, dtype=None, noise: float = None):

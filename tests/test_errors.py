@@ -90,7 +90,9 @@ def test_unwritable_run_dir(tmp_path):
     ("batch_size=big", "batch_size=big: Value 'big' of type 'str' could not be converted to "
                        "Integer. Fix: give batch_size a value of its type"),
     ("backbone=resnet1000", "backbone=resnet1000 is not an option of backbone. "
-                            "Fix: use one of resnet18, resnet34, resnet50"),
+                            "Fix: use one of convnext_tiny, resnet18, resnet34, resnet50, "
+                            "swin_tiny, timm, vit_base, vit_small, vit_tiny, wide_resnet28w2, "
+                            "wide_resnet28w8"),
     ("hydra/launcher=slurmm", "hydra/launcher=slurmm is not an option of hydra/launcher. Fix: "
                               "use one of basic, local, slurm, submitit_local, submitit_slurm"),
     ("loss.temperature=0.1,0.5", "loss.temperature=0.1,0.5 lists several values. Fix: add -m"),

@@ -35,10 +35,15 @@ B = 8                   # the 2-process test's global batch: each rank holds 4
 STEPS_PER_EPOCH = 10    # the schedules' time base in the in-process tests
 
 
+def _method(name: str):
+    """The method class of NAME or of METHOD@BACKBONE (tests/test_backbones.py)."""
+    return method_class(name.partition("@")[0])
+
+
 def _cfg(name: str, *extra: str):
-    size = 32 if method_class(name).needs_replay else 16       # Spirograph renders 32 px
-    return compose_cfg("simclr", [*method_overrides(name), "backbone.width=4",
-                                  f"dataset.size={size}", "dataset.small_size=8", *extra])
+    size = 32 if _method(name).needs_replay else 16       # Spirograph renders 32 px
+    return compose_cfg("simclr", ["backbone.width=4", f"dataset.size={size}",
+                                  "dataset.small_size=8", *method_overrides(name), *extra])
 
 
 def _model(name: str, cfg, dtype=torch.float32):
@@ -67,7 +72,7 @@ def _spirograph_batch(b, sl, dtype, g):
 def _batch(name, cfg, b, sl=slice(None), dtype=torch.float32, noise=None):
     """The same global batch for every caller (seeded), sliced to `sl`."""
     g = torch.Generator().manual_seed(0)
-    if method_class(name).needs_replay:
+    if _method(name).needs_replay:
         return _spirograph_batch(b, sl, dtype, g)
     views = synthetic_views(cfg, b, g, dtype, noise)
     index = torch.randperm(b, generator=g)
@@ -122,7 +127,7 @@ def test_loss_falls_on_a_fixed_tiny_batch(name):
     batch = _batch(name, cfg, 16, noise=0.1)
     opt = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=lr, momentum=0.9)
     now = method_schedules(method, cfg, 100, STEPS_PER_EPOCH)
-    moco_queue = method_class(name).ema_timing == "before_forward" and "queue" in dict(method.named_buffers())
+    moco_queue = _method(name).ema_timing == "before_forward" and "queue" in dict(method.named_buffers())
     if moco_queue or any(isinstance(m, SupportSet) for m in method.modules()):
         with torch.no_grad():           # fill a queue with real keys first (random at start)
             for _ in range(8):

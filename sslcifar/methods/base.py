@@ -37,7 +37,7 @@ from omegaconf import MISSING
 from torch import nn
 
 from ..errors import UserError
-from ..models import build_backbone, projection_mlp
+from ..models import backbone_from_config, projection_mlp
 from ..ranges import declared
 from ..schedule import Now
 
@@ -153,8 +153,7 @@ class Method(nn.Module):
     # ------------------------------------------------------------------ building blocks
     @staticmethod
     def make_backbone(cfg) -> nn.Module:
-        b = cfg.backbone
-        return build_backbone(b.name, b.width, b.stem, cfg.dataset.size)
+        return backbone_from_config(cfg.backbone, cfg.dataset.size)
 
     @staticmethod
     def make_projector(in_dim: int, m) -> nn.Sequential:

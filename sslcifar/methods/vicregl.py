@@ -22,7 +22,7 @@ from omegaconf import MISSING
 from .. import distributed as dist
 from ..errors import UserError
 from ..losses import location_grid, vicregl_loss
-from ..models import projection_mlp
+from ..models import has_feature_map, projection_mlp
 from ..ranges import declared
 from .base import LossConfig, Method, ProjectorConfig, register, require
 
@@ -80,6 +80,9 @@ class VICRegL(Method):
     @classmethod
     def check_config(cls, cfg, view_sizes) -> None:
         super().check_config(cfg, view_sizes)
+        require(has_feature_map(cfg.backbone.name), "backbone", cfg.backbone.name,
+                "VICRegL works on a convolutional feature map [B, C, h, w]: a ResNet, WideResNet "
+                "or convnext_tiny")
         require(cfg.dataset.name != "spirograph", "dataset", "spirograph",
                 "VICRegL locates feature-map positions by the views' crop boxes, and Spirograph's "
                 "views are rendered, not cropped: use an image data set")
