@@ -60,6 +60,9 @@ METHOD_OVERRIDES = {
     # narrow heads (2048 and 512 wide by default), and 2 local crops: maps of two sizes
     "vicregl": ["optimizer.lr=0.1", "method.proj_hidden_dim=256", "method.proj_out_dim=256",
                 "method.maps_hidden_dim=64", "method.maps_out_dim=64", "augment.small_crops=2"],
+    # a 2-block ViT of width 32 (MAE's backbone) and a 1-block decoder of width 32
+    "mae": ["backbone.width=32", "backbone.kwargs.depth=2", "backbone.kwargs.num_heads=2",
+            "method.decoder_embed_dim=32", "method.decoder_depth=1", "method.decoder_num_heads=2"],
     "smog": ["method.num_groups=4", "method.queue_size=40", "method.reset_every=3",
              "method.proj_hidden_dim=64", "method.pred_hidden_dim=64"],
 }

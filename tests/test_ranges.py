@@ -154,6 +154,7 @@ LOSS_DEFAULTS = {
     losses.sigreg_loss: ("loss/lejepa", {}), losses.lejepa_loss: ("loss/lejepa", {}),
     losses.total_coding_rate: ("loss/emp_ssl", {}), losses.emp_ssl_loss: ("loss/emp_ssl", {}),
     losses.densecl_loss: ("loss/densecl", {}), losses.vicregl_loss: ("loss/vicregl", {}),
+    losses.mae_loss: ("loss/mae", {}),
 }
 
 

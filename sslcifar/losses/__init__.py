@@ -15,6 +15,8 @@
     whitening     whiten_cholesky, wmse_loss (W-MSE), whiten_iterative, vibcreg_loss (VIbCReg)
     local         vicregl_loss, nearest_matches, location_grid (VICRegL: VICReg on feature-map
                   positions matched by location and by embedding)
+    reconstruction  mae_loss, patchify, random_masking, sincos_pos_embed_2d (MAE: masked
+                  patches predicted from the visible ones)
     invariance    gradient_penalty (the sensitivity to the augmentation's nuisance parameters)
 
 Every function documents its tensor shapes, and each is tested against a naive
@@ -26,6 +28,7 @@ from .contrastive import (dcl_loss, densecl_loss, densecl_match, moco_infonce, m
 from .distill import DINOLoss, sinkhorn, swav_loss
 from .invariance import gradient_penalty
 from .local import location_grid, nearest_matches, vicregl_loss
+from .reconstruction import mae_loss, patchify, random_masking, sincos_pos_embed_2d
 from .redundancy import all4one_redundancy, barlow_twins, tico_loss, vicreg
 from .regression import byol, fastsiam_loss, simsiam
 from .sigreg import lejepa_loss, sigreg_loss
@@ -33,6 +36,6 @@ from .sogclr import SogCLRLoss
 from .spectral import emp_ssl_loss, mmcr_loss, total_coding_rate
 from .whitening import vibcreg_loss, whiten_cholesky, whiten_iterative, wmse_loss
 
-__all__ = ["all4one_redundancy", "barlow_twins", "byol", "dcl_loss", "deepclusterv2_loss", "densecl_loss", "densecl_match", "emp_ssl_loss", "fastsiam_loss", "mmcr_loss", "tico_loss", "spherical_kmeans", "gradient_penalty", "lejepa_loss", "location_grid", "nearest_matches", "moco_infonce", "mocov3_infonce", "nnclr_loss", "nt_xent", "nt_xent_multi",
+__all__ = ["all4one_redundancy", "barlow_twins", "byol", "dcl_loss", "deepclusterv2_loss", "densecl_loss", "densecl_match", "emp_ssl_loss", "fastsiam_loss", "mmcr_loss", "tico_loss", "spherical_kmeans", "gradient_penalty", "lejepa_loss", "mae_loss", "patchify", "random_masking", "sincos_pos_embed_2d", "location_grid", "nearest_matches", "moco_infonce", "mocov3_infonce", "nnclr_loss", "nt_xent", "nt_xent_multi",
            "ressl_loss", "sigreg_loss", "simsiam", "sinkhorn", "smog_loss", "supcon", "swav_loss", "total_coding_rate", "vicreg", "vibcreg_loss", "vicregl_loss", "whiten_cholesky", "whiten_iterative", "wmse_loss",
            "DINOLoss", "SogCLRLoss"]
