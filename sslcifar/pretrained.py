@@ -262,7 +262,7 @@ def _load_vit(sd: Dict[str, torch.Tensor], path: Path, fmt: str) -> "Pretrained"
     depth = len({m.group(1) for k in sd for m in [re.match(r"blocks\.(\d+)\.", k)] if m})
     kwargs = dict(depth=depth, num_heads=VIT_HEADS.get(width, max(1, width // 64)),
                   mlp_ratio=sd["blocks.0.mlp.fc1.weight"].shape[0] / width,
-                  class_token="cls_token" in sd, no_embed_class=False)
+                  class_token="cls_token" in sd)
     if "reg_token" in sd:
         kwargs["reg_tokens"] = int(sd["reg_token"].shape[1])
     name = VIT_NAMES.get(width, "vit_base")

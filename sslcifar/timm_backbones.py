@@ -57,13 +57,10 @@ def default_patch_size(family: str, image_size: int) -> Optional[int]:
 class TimmBackbone(nn.Module):
     """A timm model as an encoder: forward(x) -> [B, num_features]."""
 
-    def __init__(self, model: nn.Module, family: str):
+    def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
-        self.family = family
         self.num_features = model.num_features
-        # dense methods need a map [B, C, h, w]; a ViT's tokens and Swin's NHWC map are not
-        self.has_feature_map = family == "convnext"
 
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.forward_features(x)
@@ -103,4 +100,4 @@ def build_timm(name: str, width: int, image_size: int, patch_size: Optional[int]
     except RuntimeError as e:      # an unknown model name
         raise UserError(f"backbone.timm_name={timm_name}: {e}. Fix: a name from "
                         f"timm.list_models()") from None
-    return TimmBackbone(model, family)
+    return TimmBackbone(model)

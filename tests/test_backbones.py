@@ -2,6 +2,8 @@
 timm model, at tiny sizes (tests/conftest.py's TINY_BACKBONES): built, trained through the
 real entry point, resumed, on 2 processes, and read back by the evaluation commands."""
 import json
+import os
+import subprocess
 import sys
 
 import pytest
@@ -10,7 +12,7 @@ import torch
 from sslcifar.models import build_backbone, count_parameters
 from sslcifar.optim import exclude_from_decay
 
-from .conftest import TINY, TINY_BACKBONES, method_overrides, run
+from .conftest import REPO, TINY, TINY_BACKBONES, method_overrides, run
 from .test_config import compose_cfg
 from .test_every_method import (B, _batch, _cfg, _load, _model, _rows, _steps,
                                 _train_in_process, spawn_two_ranks)
@@ -79,10 +81,8 @@ def test_without_timm_a_timm_backbone_is_one_line_saying_how_to_install_it(tmp_p
     code = ("import sys, runpy; sys.modules['timm'] = None; "
             f"sys.argv = ['simclr.py', *{TINY + TINY_BACKBONES['vit_tiny']!r}, "
             f"'hydra.run.dir={tmp_path}']; runpy.run_path('simclr.py', run_name='__main__')")
-    import subprocess
-    from .conftest import REPO
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
-                          env={**__import__("os").environ, "PYTHONPATH": str(REPO)}, timeout=120)
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
     assert proc.returncode != 0
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "pip install -e '.[timm]'" in lines[0], proc.stderr[-2000:]
@@ -91,7 +91,7 @@ def test_without_timm_a_timm_backbone_is_one_line_saying_how_to_install_it(tmp_p
 @pytest.mark.parametrize("override, expected", [
     ("backbone.patch_size=5", "backbone.patch_size=5 is not allowed: views of [16] px"),
     ("backbone=swin_tiny augment.small_crops=2", "Swin's windows are fixed to one image size"),
-    ("backbone=vit_tiny method=densecl", "DenseCL works on a convolutional feature map"),
+    ("backbone=vit_tiny method=densecl", "method=densecl works on a convolutional feature map"),
 ])
 def test_backbone_rules_are_checked_before_training(override, expected):
     from sslcifar.errors import UserError
@@ -149,7 +149,7 @@ def test_each_backbone_trains_from_simclr_py_and_evaluates_from_its_checkpoint(t
         runs[name] = out
         assert _load(out)["config"]["backbone"]["name"] == name.partition("@")[2]
     paths = ",".join(str(p) for p in runs.values())
-    lin = run("linear_eval.py", "-m", f"pretrained={paths}", "recipe=fast", *data, "device=cpu",
+    run("linear_eval.py", "-m", f"pretrained={paths}", "recipe=fast", *data, "device=cpu",
               "progress=false", f"hydra.sweep.dir={tmp_path / 'linear'}")
     knn = run("-m sslcifar.knn", "-m", f"pretrained={paths}", "max_train=64", "k=5", *data,
               "device=cpu", "progress=false", f"hydra.sweep.dir={tmp_path / 'knn'}")
@@ -158,7 +158,6 @@ def test_each_backbone_trains_from_simclr_py_and_evaluates_from_its_checkpoint(t
     assert all(0 <= r["top1"] <= 100 and r["checkpoint_format"] == "sslcifar" for r in results)
     assert sum(line.startswith("knn: top1=") for line in knn.stdout.splitlines()) == len(runs), \
         knn.stdout[-3000:]
-    assert lin.returncode == 0
 
 
 # ---------------------------------------------------------------------- foreign ViT checkpoints

@@ -45,8 +45,7 @@ def nearest_matches(inputs: torch.Tensor, candidates: torch.Tensor, distances: t
     s = inputs.shape[1]
     m = s if num_matches is None or num_matches > s else num_matches
     with torch.no_grad():
-        nearest = distances.argmin(dim=2)                              # [N, S]: first of ties
-        nearest_d = distances.gather(2, nearest[..., None]).squeeze(2)  # [N, S]
+        nearest_d, nearest = distances.min(dim=2)                      # [N, S]: first of ties
         keep = nearest_d.argsort(dim=1, stable=True)[:, :m].sort(dim=1).values   # [N, M]
         partner = nearest.gather(1, keep)                              # [N, M]
     d = inputs.shape[2]
@@ -91,11 +90,10 @@ def _local_pair(a: torch.Tensor, b: torch.Tensor, grid_a: torch.Tensor, grid_b: 
     plus location matching, each the mean of its two directions."""
     l2 = (None, None) if l2_all_matches else tuple(num_matches)
     terms = []
-    for (dist_ab, dist_ba), (m_ab, m_ba) in (
-            ((torch.cdist(a.detach(), b.detach()), torch.cdist(b.detach(), a.detach())), l2),
-            ((_sq_dist(grid_a, grid_b), _sq_dist(grid_b, grid_a)), tuple(num_matches))):
+    for dist_ab, (m_ab, m_ba) in ((torch.cdist(a.detach(), b.detach()), l2),
+                                  (_sq_dist(grid_a, grid_b), tuple(num_matches))):
         one = torch.stack(vicreg_matched(*nearest_matches(a, b, dist_ab, m_ab)))
-        two = torch.stack(vicreg_matched(*nearest_matches(b, a, dist_ba, m_ba)))
+        two = torch.stack(vicreg_matched(*nearest_matches(b, a, dist_ab.transpose(1, 2), m_ba)))
         terms.append((one + two) / 2)
     return terms[0] + terms[1]
 

@@ -37,7 +37,7 @@ from omegaconf import MISSING
 from torch import nn
 
 from ..errors import UserError
-from ..models import backbone_from_config, projection_mlp
+from ..models import backbone_from_config, has_feature_map, projection_mlp
 from ..ranges import declared
 from ..schedule import Now
 
@@ -111,6 +111,7 @@ class Method(nn.Module):
     views: ClassVar[tuple] = (2, 2)           # (fewest, most) views per image; None = any
     same_size_views: ClassVar[bool] = True    # all views at one size (no multi-crop)
     needs_replay: ClassVar[bool] = False      # re-makes views from their parameters (batch.replay)
+    needs_feature_map: ClassVar[bool] = False  # reads backbone.feature_map as [B, C, h, w] (dense methods)
     min_batch: ClassVar[tuple] = (2, " for a contrastive loss")   # smallest batch, and why
     # its published CIFAR-10 recipe (conf/experiment/<preset>.yaml), for bench/methods.py and
     # the README; null: <name>_cifar10 where that file exists, else the method's own defaults
@@ -137,6 +138,9 @@ class Method(nn.Module):
             raise UserError(f"augment.groups gives {n} view(s) per image, but method={cls.name} "
                             f"takes {allowed}. Fix: set the view groups' counts "
                             f"(augment.groups.0.count=N, augment.small_crops=0)")
+        require(not cls.needs_feature_map or has_feature_map(cfg.backbone.name), "backbone",
+                cfg.backbone.name, f"method={cls.name} works on a convolutional feature map "
+                f"[B, C, h, w]: a ResNet, WideResNet or convnext_tiny")
         if cls.same_size_views and len(set(view_sizes)) > 1:
             raise UserError(f"method={cls.name} takes views of one size, the view groups give "
                             f"{sorted(set(view_sizes))} px. Fix: augment.small_crops=0 and no "

@@ -18,7 +18,7 @@ from torch import nn
 
 from .. import distributed as dist
 from ..losses import densecl_loss, densecl_match
-from ..models import has_feature_map, split_batchnorm
+from ..models import split_batchnorm
 from ..ranges import declared
 from .base import TemperatureConfig, register, require
 from .ema import frozen_copy
@@ -48,6 +48,7 @@ class DenseCL(MoCo):
     Config = DenseCLConfig
     Loss = DenseCLLossConfig
     preset = None
+    needs_feature_map = True
 
     def __init__(self, backbone, projector, dense, queue_size: int, temperature: float,
                  loss_lambda: float, shuffle_bn: bool):
@@ -74,9 +75,6 @@ class DenseCL(MoCo):
     @classmethod
     def check_config(cls, cfg, view_sizes) -> None:
         super().check_config(cfg, view_sizes)
-        require(has_feature_map(cfg.backbone.name), "backbone", cfg.backbone.name,
-                "DenseCL works on a convolutional feature map [B, C, h, w]: a ResNet, WideResNet "
-                "or convnext_tiny")
         require(not cfg.method.symmetric, "method.symmetric", True,
                 "DenseCL contrasts view 1's queries with view 2's keys only (the authors')")
 

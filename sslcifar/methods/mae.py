@@ -121,10 +121,9 @@ class MAE(Method):
         # the masks of the global batch, from (seed, step); this rank's rows
         g = torch.Generator(device=x.device).manual_seed(
             (self.seed * 1_000_003 + batch.now.step) % 2**63)
-        r = dist.rank() if dist.is_distributed() else 0
+        r = dist.rank()
         ids_keep, mask, ids_restore = (t[r * b:(r + 1) * b] for t in random_masking(
-            b * dist.world_size() if dist.is_distributed() else b, target.shape[1],
-            self.mask_ratio, g, x.device))
+            b * dist.world_size(), target.shape[1], self.mask_ratio, g, x.device))
         latent = self._encode_masked(x, ids_keep)
         pred = self.decoder(latent, ids_restore)
         loss = mae_loss(dist.gather_with_grad(pred), dist.gather(target), dist.gather(mask),

@@ -22,7 +22,7 @@ from omegaconf import MISSING
 from .. import distributed as dist
 from ..errors import UserError
 from ..losses import location_grid, vicregl_loss
-from ..models import has_feature_map, projection_mlp
+from ..models import projection_mlp
 from ..ranges import declared
 from .base import LossConfig, Method, ProjectorConfig, register, require
 
@@ -53,6 +53,7 @@ class VICRegL(Method):
     Loss = VICRegLLossConfig
     views = (2, None)
     same_size_views = False
+    needs_feature_map = True
 
     def __init__(self, backbone, projector, maps_projector, num_global: int, loss_cfg,
                  flip_grid: bool):
@@ -80,9 +81,6 @@ class VICRegL(Method):
     @classmethod
     def check_config(cls, cfg, view_sizes) -> None:
         super().check_config(cfg, view_sizes)
-        require(has_feature_map(cfg.backbone.name), "backbone", cfg.backbone.name,
-                "VICRegL works on a convolutional feature map [B, C, h, w]: a ResNet, WideResNet "
-                "or convnext_tiny")
         require(cfg.dataset.name != "spirograph", "dataset", "spirograph",
                 "VICRegL locates feature-map positions by the views' crop boxes, and Spirograph's "
                 "views are rendered, not cropped: use an image data set")
