@@ -7,9 +7,12 @@
 #   1. throughput at width 64, batch 256: bf16; bf16 + channels_last; data in host memory;
 #      augmentation compiled (about 1.5 min);
 #   2. time to accuracy: SimCLR, ResNet-18, batch 512, full CIFAR-10, as many epochs as fit
-#      in TTA_SECONDS (210 s; the run is stopped by SIGUSR2, which saves and ends it), kNN
+#      in TTA_SECONDS (200 s; the run is stopped by SIGUSR2, which saves and ends it), kNN
 #      every 2 epochs, then tta.png (bench/tta_plot.py) beside the published races;
-#   3. 40 steps with compile=true, and 40 with compile_mode=reduce-overhead (CUDA graphs).
+#   3. the CUDA paths those runs do not reach, a few steps each (bench/gpu_paths.sh: nvJPEG
+#      decoding, fp16 with the grad scaler, DINO and MAE on a ViT, MoCo, linear evaluation);
+#   4. 40 steps with compile=true, and 40 with compile_mode=reduce-overhead (CUDA graphs),
+#      each started only while the session is under DEADLINE (480 s) so the whole ends in time.
 # Writes OUT_DIR/session.log, metrics.jsonl, curves.png and tta.png.
 # A CPU smoke test with tiny sizes (a few minutes):
 #   DEVICE=cpu WIDTH=8 BATCH=32 STEPS=2 ROUNDS=1 TTA_SECONDS=40 SUBSET=512 bash bench/gpu_session.sh
@@ -20,7 +23,7 @@ mkdir -p "$OUT"
 exec > >(tee "$OUT/session.log") 2>&1
 PY=${PYTHON:-python3}
 DEVICE=${DEVICE:-cuda} WIDTH=${WIDTH:-64} BATCH=${BATCH:-256} STEPS=${STEPS:-10}
-ROUNDS=${ROUNDS:-3} TTA_SECONDS=${TTA_SECONDS:-210} SUBSET=${SUBSET:-null}
+ROUNDS=${ROUNDS:-3} DEADLINE=${DEADLINE:-480} TTA_SECONDS=${TTA_SECONDS:-200} SUBSET=${SUBSET:-null}
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 START=$(date +%s)
 
@@ -55,7 +58,12 @@ $PY bench/tta_plot.py "$RUN" "$OUT/tta.png"
 cp "$RUN/metrics.jsonl" "$OUT/" 2>/dev/null
 $PY -m sslcifar.figures curves "$RUN" "$OUT/curves.png" 2>/dev/null
 
+section "other CUDA paths (bench/gpu_paths.sh)"
+START=$START DEADLINE=$(( DEADLINE - 60 )) DATA=$DATA CKPT=$RUN DEVICE=$DEVICE WIDTH=$WIDTH \
+    PYTHON=$PY bash bench/gpu_paths.sh
+
 for mode in default reduce-overhead; do
+    if [ $(( $(date +%s) - START )) -ge "$DEADLINE" ]; then echo "SKIP compile $mode (deadline)"; continue; fi
     section "40 steps with compile=true compile_mode=$mode"
     timeout 100 $PY simclr.py backbone=resnet18 backbone.width="$WIDTH" batch_size="$BATCH" \
         device="$DEVICE" dataset.root="$DATA" dataset.subset="$SUBSET" max_steps=40 compile=true \
