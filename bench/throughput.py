@@ -58,7 +58,8 @@ def parse():
     p.add_argument("--workers", type=int, default=os.cpu_count(), help="DataLoader workers for (c)")
     p.add_argument("--data-root", default=None, help="CIFAR-10 python layout; random pixels if absent")
     p.add_argument("--images", type=int, default=8192,
-                   help="images held in memory; >= batch x steps x (rounds + 1)")
+                   help="images held in memory (raised to batch x steps x (rounds + 1), what "
+                        "one epoch per pipeline must hold)")
     p.add_argument("--aug-images", type=int, default=2048, help="images for the augmentation-only timing")
     p.add_argument("--small-crops", type=int, default=0,
                    help="multi-crop: this many small crops after the 2 global views")
@@ -75,6 +76,8 @@ def sync(device):
 
 def main():
     args = parse()
+    # the warm-up and every round take `steps` batches from one epoch of each pipeline
+    args.images = max(args.images, args.batch * args.steps * (args.rounds + 1))
     register_configs()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("simclr", [f"backbone={args.backbone}", f"backbone.width={args.width}",
