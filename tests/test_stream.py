@@ -202,3 +202,56 @@ def test_decode_rgb_reads_what_pillow_reads_and_names_what_it_cannot(jpeg_folder
                 jpeg_folder / "train" / "class1" / "notes.jpg"):
         with pytest.raises(BadImage, match=bad.name):
             decode_rgb(bad)
+
+
+_DECODE_CUDA_PIECES = r'''
+import json, resource, sys
+from pathlib import Path
+import torch
+from torch.utils.data import DataLoader
+from sslcifar.data.augment import ViewSpec
+from sslcifar.data.order import mix_seed
+from sslcifar.data.stream import _Bytes, _collate_bytes, _gpu_views, decode_views
+paths = sorted(Path(p) for p in json.loads(sys.argv[1]))
+resource.setrlimit(resource.RLIMIT_NOFILE, (128, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+specs = [ViewSpec(size=160), ViewSpec(size=96)]
+items = [(i % len(paths), 7 + i) for i in range(300)]
+loader = DataLoader(_Bytes(paths, specs), batch_sampler=[items], num_workers=2,
+                    collate_fn=_collate_bytes, timeout=60)
+packed, boxes, flips, index, bad = next(iter(loader))
+views, unreadable = _gpu_views(packed, boxes, flips, specs, torch.device("cpu"))
+diff = 0
+for k, (name, (_, seed)) in enumerate(zip(packed[2], items)):
+    ref, b, f = decode_views(Path(name), specs, [mix_seed(seed, v) for v in range(len(specs))])
+    assert torch.equal(b, boxes[k]) and torch.equal(f, flips[k])
+    diff = max(diff, *((v[k].int() - r.int()).abs().max().item() for v, r in zip(views, ref)))
+print(json.dumps({"diff": diff, "bad": sorted({Path(b.split(":")[0]).name for b in bad if b}),
+                  "unreadable": unreadable, "shapes": [list(v.shape) for v in views]}))
+'''
+
+
+def test_decode_cuda_batches_cross_a_low_open_file_limit_and_equal_decode_cpu(jpeg_folder, tmp_path):
+    """dataset.decode=cuda's pieces on a CPU (libjpeg where a GPU has nvJPEG): batches of 300
+    files through 2 real workers under an open-file limit of 128 (one packed buffer per batch:
+    a list of 512 buffers hung training on the H200), every view equal to decode=cpu's view
+    of the same box (float against uint8 resize kernels: within 2 grey levels); a truncated
+    JPEG and a text file named and replaced; a PNG named .jpg, a CMYK and a grayscale JPEG
+    read as decode=cpu reads them."""
+    import json
+    import subprocess
+    import sys
+    from PIL import Image
+    from .conftest import REPO
+    base = Image.open(jpeg_folder / "train" / "class4" / "0.jpg")
+    base.save(tmp_path / "png.jpg", format="PNG")
+    base.convert("CMYK").save(tmp_path / "cmyk.jpg", quality=90)
+    base.convert("L").save(tmp_path / "gray.jpg", quality=90)
+    paths = [str(p) for p in sorted(jpeg_folder.glob("train/*/*.jpg")) + sorted(tmp_path.glob("*.jpg"))]
+    proc = subprocess.run([sys.executable, "-c", _DECODE_CUDA_PIECES, json.dumps(paths)],
+                          capture_output=True, text=True, timeout=240,
+                          env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["shapes"] == [[300, 3, 160, 160], [300, 3, 96, 96]]
+    assert got["bad"] == ["notes.jpg", "truncated.jpg"] and got["unreadable"] == []
+    assert got["diff"] <= 2, got

@@ -75,7 +75,7 @@ def list_images(root: str, split: str, classes_file: Optional[str] = None
     return [p for p, _ in files], torch.tensor([c for _, c in files], dtype=torch.int64), classes
 
 
-def open_rgb(path: Path, draft_size: Optional[Tuple[int, int]] = None):
+def open_rgb(path, draft_size: Optional[Tuple[int, int]] = None, name: Optional[str] = None):
     """The image as an RGB PIL image; with draft_size, a JPEG is decoded at the smallest
     of 1/1, 1/2, 1/4, 1/8 scale that is still at least that large (libjpeg's DCT scaling:
     far less work for a crop much smaller than the image). Raises BadImage."""
@@ -87,7 +87,7 @@ def open_rgb(path: Path, draft_size: Optional[Tuple[int, int]] = None):
         im.load()                       # decode now, inside the try: truncated files raise here
         return im if im.mode == "RGB" else im.convert("RGB")   # (convert would copy an RGB one)
     except (OSError, SyntaxError, ValueError, UnidentifiedImageError, Image.DecompressionBombError) as e:
-        raise BadImage(f"{path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        raise BadImage(f"{name or path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
 
 
 def decode_rgb(path: Path) -> torch.Tensor:
@@ -102,6 +102,18 @@ def decode_rgb(path: Path) -> torch.Tensor:
         except (RuntimeError, ValueError, OSError):
             pass
     return pil_to_uint8(open_rgb(path))
+
+
+def decode_rgb_bytes(data: torch.Tensor, name: str) -> torch.Tensor:
+    """decode_rgb of a file already read into uint8 [N]; `name` for the message. Raises BadImage."""
+    import io
+    decode = tensor_decoder()
+    if decode is not None:
+        try:
+            return decode(data)
+        except (RuntimeError, ValueError, OSError):
+            pass
+    return pil_to_uint8(open_rgb(io.BytesIO(data.numpy().tobytes()), name=name))
 
 
 _DECODER = []

@@ -31,8 +31,8 @@ from .augment import (BatchNormalize, CompiledApply, ViewSpec, colour, draw_jitt
                       sample_colour)
 from .batch import Batch, Nuisance
 from .datasets import stratified_index
-from .folders import (BadImage, decode_rgb, list_images, open_rgb, pil_to_uint8,
-                      tensor_decoder)
+from .folders import (BadImage, decode_rgb, decode_rgb_bytes, list_images, open_rgb,
+                      pil_to_uint8, tensor_decoder)
 from .order import mix_seed, to_device, worker_batches
 from .ops import crop_box
 
@@ -217,26 +217,67 @@ class _Bytes(_Views):
             path = self.paths[(i + attempt) % len(self.paths)]
             try:
                 width, height = image_size(path)
+                data = torchvision.io.read_file(str(path))
+                # a truncated JPEG passes the header check, and a batched GPU decode would
+                # fail on it or return a grey half: named and replaced, as decode=cpu does
+                if data[:2].tolist() == [0xFF, 0xD8] and not _has_end_marker(data):
+                    raise BadImage(f"{path}: truncated JPEG (no end-of-image marker)")
                 boxes, flips = draw_geometry(width, height, self.specs,
                                              [mix_seed(seed, v) for v in range(len(self.specs))])
-                return (torchvision.io.read_file(str(path)), torch.tensor(boxes),
-                        torch.tensor(flips), i, bad)
+                return data, torch.tensor(boxes), torch.tensor(flips), i, str(path), bad
             except BadImage as e:
                 bad = bad or str(e)
         raise RuntimeError("no readable image in the data set")
 
 
+def _has_end_marker(data: torch.Tensor, tail: int = 64) -> bool:
+    """JPEG's end-of-image marker FF D9 among the last bytes (some writers pad after it)."""
+    end = data[-tail:]
+    return bool(((end[:-1] == 0xFF) & (end[1:] == 0xD9)).any())
+
+
 def _collate_bytes(items):
-    data, boxes, flips, index, bad = zip(*items)
-    return list(data), torch.stack(boxes), torch.stack(flips), torch.tensor(index), list(bad)
+    """The batch's files packed into ONE uint8 tensor with their lengths: a worker hands every
+    tensor to the main process through a shared-memory file descriptor of its own, and a list
+    of 512 file buffers per batch ran past the open-file limit on the H200 machine (the
+    worker's queue thread failed on os.dup and the training loop waited forever)."""
+    data, boxes, flips, index, names, bad = zip(*items)
+    packed = (torch.cat(data), torch.tensor([len(d) for d in data]), list(names))
+    return packed, torch.stack(boxes), torch.stack(flips), torch.tensor(index), list(bad)
 
 
-def _gpu_views(data: List[torch.Tensor], boxes: torch.Tensor, flips: torch.Tensor,
-               specs: List[ViewSpec], device) -> List[torch.Tensor]:
-    """nvJPEG-decoded images cropped and resized per view on the GPU: [B, 3, S, S] uint8 each."""
-    import torch.nn.functional as F
+def _decode_files(files: List[torch.Tensor], names: List[str], boxes: torch.Tensor, device):
+    """(uint8 [3, H, W] per file, unreadable files' messages): one batched decode (nvJPEG on
+    a GPU); if that refuses the batch (a PNG named .jpg, a CMYK JPEG nvJPEG does not read),
+    each file on its own, those the device cannot read by the CPU decoders as decode=cpu
+    reads them, and one that nothing reads as a black image (named, as evaluation does)."""
     import torchvision
-    images = torchvision.io.decode_jpeg(data, device=device, mode=torchvision.io.ImageReadMode.RGB)
+    rgb = torchvision.io.ImageReadMode.RGB
+    try:
+        return torchvision.io.decode_jpeg(files, device=device, mode=rgb), []
+    except RuntimeError:
+        out, bad = [], []
+        for k, (data, name) in enumerate(zip(files, names)):
+            try:
+                out.append(torchvision.io.decode_jpeg(data, device=device, mode=rgb))
+                continue
+            except RuntimeError:
+                pass
+            try:
+                out.append(decode_rgb_bytes(data, name).to(device))
+            except BadImage as e:
+                bottom, right = (boxes[k, :, 0] + boxes[k, :, 2]).max(), (boxes[k, :, 1] + boxes[k, :, 3]).max()
+                out.append(torch.zeros(3, int(bottom), int(right), dtype=torch.uint8, device=device))
+                bad.append(str(e))
+        return out, bad
+
+
+def _gpu_views(packed, boxes: torch.Tensor, flips: torch.Tensor, specs: List[ViewSpec],
+               device):
+    """A batch of `_collate_bytes` decoded (nvJPEG on a GPU, libjpeg on a CPU), each view's
+    box cropped and resized: ([B, 3, S, S] uint8 per view, unreadable files' messages)."""
+    data, lengths, names = packed
+    images, bad = _decode_files(list(torch.split(data, lengths.tolist())), names, boxes, device)
     views = []
     for v, spec in enumerate(specs):
         out = []
@@ -246,7 +287,7 @@ def _gpu_views(data: List[torch.Tensor], boxes: torch.Tensor, flips: torch.Tenso
                                  align_corners=False, antialias=True)
             out.append(crop.flip(-1) if flip else crop)
         views.append(torch.cat(out).round_().clamp_(0, 255).to(torch.uint8))
-    return views
+    return views, bad
 
 
 def _colour_whole(x: torch.Tensor, spec: ViewSpec, p, norm: BatchNormalize) -> torch.Tensor:
@@ -293,7 +334,8 @@ class StreamBatches:
             g = torch.Generator(device=self.device)
             g.manual_seed(mix_seed(self.seed, epoch, step, self.rank))
             if self.gpu_decode:
-                images = _gpu_views(views, boxes, flips, self.spec_of_view, self.device)
+                images, unreadable = _gpu_views(views, boxes, flips, self.spec_of_view, self.device)
+                src.report(unreadable)
             else:
                 images = [v.to(self.device, non_blocking=True) for v in views]
             out, params = [], []
