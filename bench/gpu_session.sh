@@ -68,6 +68,6 @@ for mode in default reduce-overhead; do
     timeout 100 $PY simclr.py backbone=resnet18 backbone.width="$WIDTH" batch_size="$BATCH" \
         device="$DEVICE" dataset.root="$DATA" dataset.subset="$SUBSET" max_steps=40 compile=true \
         compile_mode="$mode" eval.knn_every=0 eval.knn_max_train=1024 progress=false \
-        tensorboard=false hydra.run.dir="$RUN-compile-$mode" 2>&1 | tail -3
+        tensorboard=false hydra.run.dir="$RUN-compile-$mode" 2>&1 | tail -15
 done
 section "done"
