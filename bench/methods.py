@@ -4,6 +4,8 @@
     python bench/methods.py --data-root DIR --methods byol,simsiam --epochs 10
     python bench/methods.py --data-root DIR --methods dino_fast \
         --variant dino_fast=dino:method.base_momentum=0.99          # a recipe changed
+    python bench/methods.py --data-root DIR --methods dino_vit --no-random --variant \
+        dino_vit=dino:experiment=dino_vit_tiny_cifar10,backbone=vit_tiny,backbone.width=192
 
 Every registered method (a new one joins by itself, with its preset: Method.preset or
 conf/experiment/<name>_cifar10.yaml, else simclr.py's defaults with method=NAME).
@@ -98,7 +100,10 @@ def main() -> None:
         base, _, overrides = rest.partition(":")
         if base not in base_recipes:
             ap.error(f"--variant {v}: unknown method {base!r} (one of {', '.join(base_recipes)})")
-        table[name] = (base_recipes[base] + [o for o in overrides.split(",") if o], base)
+        extra = [o for o in overrides.split(",") if o]
+        # a variant's own preset replaces the method's (dino_vit=dino:experiment=dino_vit_tiny_cifar10)
+        own = any(o.startswith("experiment=") for o in extra)
+        table[name] = (extra if own else base_recipes[base] + extra, base)
     for name in args.methods.split(","):
         if name not in table:
             ap.error(f"unknown method {name!r} (one of {', '.join(table)}, or define it with --variant)")
@@ -121,8 +126,12 @@ def main() -> None:
         epochs = warmups.get(name, warmups.get(base, warmups.get("*", "1")))
         # only recipes with a warm-up get --warmup (solo-learn's); SimCLR's and MoCo's keep none
         warmup = [f"scheduler.warmup_epochs={epochs}"] if warms_up(base_recipes[base]) else []
+        # the recipe's own keys win over the common ones (a variant's backbone=vit_tiny and
+        # backbone.width=192 over ResNet-18 width 16), and come last
+        mine = {o.split("=", 1)[0] for o in recipe}
+        shared = [c for c in common if c.split("=", 1)[0] not in mine]
         try:
-            _, seconds = run([sys.executable, "simclr.py", *recipe, *common, *warmup,
+            _, seconds = run([sys.executable, "simclr.py", *shared, *recipe, *warmup,
                               f"hydra.run.dir={run_dir}"], out / f"{name}.log")
         except Failed as e:
             rows.append((name, None, None, None, str(e)))
