@@ -60,6 +60,8 @@ class LinearEvalConfig(EncoderEvalConfig):
     standardize: bool = MISSING       # features standardised with the training set's statistics
     fc_init: str = declared(choices=("default", "normal"))     # torch's | N(0, 0.01), bias 0
     finetune: bool = MISSING          # train the encoder too, in train mode (SimCLR-CIFAR10)
+    opt: str = declared(choices=("sgd", "adamw"))   # sgd (momentum, nesterov) | adamw (MAE's fine-tuning)
+    layer_decay: float = declared("(0, 1]")          # < 1: layer-wise lr decay of a ViT (finetune=true)
     # which epoch is `top1`
     report: str = declared(choices=("last", "best", "lowest_train_loss"))
     drop_last: bool = MISSING         # leave out the last incomplete batch of each epoch

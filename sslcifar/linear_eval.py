@@ -47,6 +47,7 @@ from .data.sources import build_source
 from .errors import UserError
 from .knn import r2_scores
 from .metrics import progress_enabled
+from .optim import layer_decay_groups
 from .distributed import pick_device
 from .features import extract
 from .paths import config_dir
@@ -193,6 +194,24 @@ def probe_lrs(cfg, steps_per_epoch: int) -> List[float]:
     return cosine_scheduler(cfg.lr, 0.0, total).tolist()
 
 
+def probe_optimizer(clf: nn.Module, backbone: nn.Module, cfg) -> torch.optim.Optimizer:
+    """cfg.opt over the classifier, and the encoder too with cfg.finetune: sgd (momentum,
+    nesterov, weight decay on everything: the originals' probes) or adamw (MAE's fine-tuning,
+    decoupled weight decay). layer_decay < 1 (fine-tuning a ViT): the encoder in layer-wise
+    lr-decay groups as MAE's (optim.layer_decay_groups), the classifier's bias without decay."""
+    if cfg.finetune and cfg.layer_decay < 1:
+        groups = layer_decay_groups(backbone, cfg.layer_decay, cfg.weight_decay)
+        groups += [{"params": [clf.fc.weight], "weight_decay": cfg.weight_decay},
+                   {"params": [clf.fc.bias], "weight_decay": 0.0}]
+    else:
+        groups = [{"params": list(clf.parameters()) +
+                   (list(backbone.parameters()) if cfg.finetune else [])}]
+    if cfg.opt == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                           weight_decay=cfg.weight_decay)
+
+
 def fit_sgd(backbone: nn.Module, source, index: torch.Tensor, labels: torch.Tensor,
             num_classes: int, stats, cfg, device: torch.device, test_logits=None,
             cached: Optional[torch.Tensor] = None) -> dict:
@@ -208,9 +227,7 @@ def fit_sgd(backbone: nn.Module, source, index: torch.Tensor, labels: torch.Tens
     if cfg.fc_init == "normal":                 # MoCo's and SogCLR's lincls: N(0, 0.01), bias 0
         nn.init.normal_(clf.fc.weight, std=0.01)
         nn.init.zeros_(clf.fc.bias)
-    params = list(clf.parameters()) + (list(backbone.parameters()) if cfg.finetune else [])
-    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                          weight_decay=cfg.weight_decay)
+    opt = probe_optimizer(clf, backbone, cfg)
     n, bs = len(index), cfg.batch_size
     if cfg.drop_last and n < bs:
         # fewer images than one batch: dropping the incomplete batch would leave nothing
@@ -246,8 +263,8 @@ def fit_sgd(backbone: nn.Module, source, index: torch.Tensor, labels: torch.Tens
                     f = backbone(x).float()
             loss = F.cross_entropy(clf(f), labels[sel])
             lr = lrs[step]
-            for group in opt.param_groups:
-                group["lr"] = lr
+            for group in opt.param_groups:      # lr_scale: layer-wise decay's groups
+                group["lr"] = lr * group.get("lr_scale", 1.0)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -380,6 +397,8 @@ def validate(cfg) -> None:
             "the fast recipe fits cached features: use recipe=standard to fine-tune")
     require(not (cfg.finetune and cfg.train_augment == "cached"), "finetune", True,
             "train_augment=cached fits features computed once: use train_augment=crop_flip")
+    require(cfg.layer_decay == 1 or cfg.finetune, "layer_decay", cfg.layer_decay,
+            "layer-wise lr decay is for fine-tuning: add finetune=true (or leave it 1)")
     require(not (cfg.schedule == "simclr_cifar10" and cfg.epochs > 1000), "epochs", cfg.epochs,
             "schedule=simclr_cifar10 is a cosine over SimCLR-CIFAR10's 1000 pretraining "
             "epochs: use at most 1000")

@@ -6,6 +6,8 @@ from typing import Iterable, List
 import torch
 from torch import nn
 
+from .errors import UserError
+
 
 class LARS(torch.optim.Optimizer):
     """LARS (You et al., 2017, "Large Batch Training of Convolutional Networks") in the
@@ -143,3 +145,35 @@ def exclude_from_decay(groups: List[dict], model: nn.Module) -> List[dict]:
         if free:
             out.append({**g, "params": free, "weight_decay": 0.0})
     return out
+
+
+def layer_decay_groups(backbone: nn.Module, layer_decay: float, weight_decay: float) -> List[dict]:
+    """Layer-wise learning-rate decay for fine-tuning a ViT (BEiT's, as MAE's
+    util/lr_decay.param_groups_lrd at facebookresearch/mae efb2a80): with L = blocks + 1, the
+    patch embedding, position embedding and class token get lr x layer_decay^L, block i
+    lr x layer_decay^(L-1-i), the final norm lr x 1 (the classifier, outside the backbone,
+    lr x 1 too). As MAE, 1-D parameters (biases, norms) and the backbone's no_weight_decay()
+    names get weight decay 0. Returns groups with "lr_scale" (the loop multiplies its lr by
+    it) and "weight_decay"; frozen parameters are left out."""
+    blocks = getattr(getattr(backbone, "model", None), "blocks", None)
+    if blocks is None:
+        raise UserError(f"layer_decay={layer_decay} is not allowed: layer-wise lr decay needs a "
+                        "ViT encoder (its blocks); leave layer_decay=1 for this one")
+    num_layers = len(blocks) + 1
+    exempt = backbone.no_weight_decay() if hasattr(backbone, "no_weight_decay") else set()
+    groups: dict = {}
+    for name, p in backbone.named_parameters():
+        if not p.requires_grad:
+            continue
+        short = name[len("model."):] if name.startswith("model.") else name
+        if short in ("cls_token", "pos_embed") or short.startswith("patch_embed"):
+            layer = 0
+        elif short.startswith("blocks."):
+            layer = int(short.split(".")[1]) + 1
+        else:
+            layer = num_layers
+        decay = 0.0 if p.ndim == 1 or name in exempt else weight_decay
+        g = groups.setdefault((layer, decay), {"params": [], "weight_decay": decay,
+                                               "lr_scale": layer_decay ** (num_layers - layer)})
+        g["params"].append(p)
+    return list(groups.values())

@@ -205,3 +205,45 @@ def test_foreign_vit_checkpoints_load_into_the_same_encoder(tmp_path, layout, fm
     with torch.no_grad():
         torch.testing.assert_close(loaded.backbone(x), source(x), rtol=0, atol=0)
         assert loaded.backbone(torch.randn(2, 3, 16, 16)).shape == (2, 192)   # other sizes
+
+
+# ---------------------------------------------------------------------- MoCo v3's stop-grad
+
+def test_mocov3_stop_grad_conv1_keeps_the_patch_embedding_at_its_initialisation():
+    """method.stop_grad_conv1=true (MoCo v3's --stop-grad-conv1, facebookresearch/moco-v3 at
+    c349e6e: requires_grad=False on patch_embed.proj for the whole run): AdamW steps with
+    weight decay leave the patch embedding of both encoders exactly at its initialisation
+    while every other block learns; stop_grad_conv1_epochs=1 frees it from epoch 1 on. On a
+    ResNet the option ends in one line naming the fix."""
+    from sslcifar.errors import UserError
+    from sslcifar.step import train_step
+    from .conftest import method_schedules
+    from .test_every_method import STEPS_PER_EPOCH
+
+    def run_steps(*extra, steps):
+        cfg = _cfg("mocov3@vit_tiny", "method.stop_grad_conv1=true", *extra)
+        method = _model("mocov3@vit_tiny", cfg)
+        start = {k: v.clone() for k, v in method.state_dict().items()}
+        opt = torch.optim.AdamW(method.parameters(), lr=1e-2, weight_decay=0.1)
+        now = method_schedules(method, cfg, 10 * STEPS_PER_EPOCH, STEPS_PER_EPOCH)
+        batch = _batch("mocov3@vit_tiny", cfg, B)
+        for s in steps:
+            train_step(method, method, opt, batch, now.at(s))
+        end = method.state_dict()
+        return {k: torch.equal(start[k], end[k]) for k in start}
+
+    same = run_steps(steps=[0, 1, 2])
+    embedding = [k for k in same if ".patch_embed.proj." in k]
+    assert sorted(embedding) == ["backbone.model.patch_embed.proj.bias",
+                                 "backbone.model.patch_embed.proj.weight",
+                                 "backbone_k.model.patch_embed.proj.bias",
+                                 "backbone_k.model.patch_embed.proj.weight"]
+    assert all(same[k] for k in embedding)
+    assert not same["backbone.model.blocks.0.attn.qkv.weight"]
+    assert not same["backbone_k.model.blocks.0.attn.qkv.weight"]           # the EMA moved
+    # frozen for epoch 0 only: steps of epoch 1 move it
+    later = run_steps("method.stop_grad_conv1_epochs=1", steps=[STEPS_PER_EPOCH, STEPS_PER_EPOCH + 1])
+    assert not later["backbone.model.patch_embed.proj.weight"]
+    assert all(run_steps("method.stop_grad_conv1_epochs=1", steps=[0, 1])[k] for k in embedding)
+    with pytest.raises(UserError, match="use a ViT backbone"):
+        _model("mocov3", _cfg("mocov3", "method.stop_grad_conv1=true"))
