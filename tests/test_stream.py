@@ -255,3 +255,21 @@ def test_decode_cuda_batches_cross_a_low_open_file_limit_and_equal_decode_cpu(jp
     assert got["shapes"] == [[300, 3, 160, 160], [300, 3, 96, 96]]
     assert got["bad"] == ["notes.jpg", "truncated.jpg"] and got["unreadable"] == []
     assert got["diff"] <= 2, got
+
+
+def test_colour_ops_in_the_workers_equal_the_main_processs(jpeg_folder):
+    """On a CPU with workers the colour ops run in the worker that made the batch
+    (_ColourInWorker), with the parameters the main process draws: the same views (to
+    float32 rounding: a per-image mean can be summed by more threads in the main process),
+    the same parameters, and a replay that re-makes each view."""
+    extra = ("dataset.size=112", "augment.blur_p=0.5", "augment.grayscale_p=0.5")
+    main = _batches(jpeg_folder, *extra, workers=0)
+    workers = _batches(jpeg_folder, *extra, workers=2)
+    assert workers.colour_in_workers and not main.colour_in_workers
+    for a, b in zip(main.epoch(2, start_step=1), workers.epoch(2, start_step=1)):
+        assert torch.equal(a.index, b.index)
+        for x, y in zip(a.views, b.views):
+            torch.testing.assert_close(y, x, rtol=0, atol=1e-6)
+        for p, q in zip(a.params, b.params):
+            assert p.keys() == q.keys() and all(torch.equal(p[k], q[k]) for k in p)
+        torch.testing.assert_close(b.replay(2, b.params[2]), b.views[2], rtol=0, atol=1e-6)

@@ -125,14 +125,14 @@ class _Views(Dataset):
         return len(self.paths)
 
     def __getitem__(self, item):
-        i, seed = item
+        i, seed, *step = item           # the step too when the worker does the colour ops
         bad = ""
         for attempt in range(len(self.paths)):
             j = (i + attempt) % len(self.paths)
             try:
                 seeds = [mix_seed(seed, v) for v in range(len(self.specs))]
                 views, boxes, flips = decode_views(self.paths[j], self.specs, seeds)
-                return views, boxes, flips, i, bad
+                return (views, boxes, flips, i, bad, *step)
             except BadImage as e:
                 bad = bad or str(e)
         raise RuntimeError("no readable image in the data set")
@@ -300,6 +300,39 @@ def _colour(x: torch.Tensor, spec: ViewSpec, p, norm: BatchNormalize) -> torch.T
     return in_chunks(lambda c, q: _colour_whole(c, spec, q, norm), x, p, spec.size)
 
 
+def colour_views(images: List[torch.Tensor], boxes: torch.Tensor, flips: torch.Tensor,
+                 specs: List[ViewSpec], norm: BatchNormalize, g: torch.Generator, device,
+                 apply=None):
+    """Each view's colour parameters drawn from `g` (view by view, in order) and applied
+    batched by `apply` (default _colour), normalised: (views [B, 3, S, S] float, params with
+    each view's box and flip)."""
+    apply = apply or _colour
+    out, params = [], []
+    for v, (x, spec) in enumerate(zip(images, specs)):
+        p = sample_colour(spec, len(x), g, device)
+        p["box"], p["flip"] = boxes[:, v].to(device), flips[:, v].to(device)
+        out.append(apply(x, spec, p, norm))
+        params.append(p)
+    return out, params
+
+
+class _ColourInWorker:
+    """collate_fn for a CPU training device: the worker that made the batch also applies its
+    colour operations, batched, with the parameters the main process would draw (the
+    generator of (seed, epoch, step, rank)); the main process is left only the step. The
+    uint8 crops come along for replay (the invariance penalty re-colours them)."""
+
+    def __init__(self, specs: List[ViewSpec], norm: BatchNormalize, seed: int, epoch: int, rank: int):
+        self.specs, self.norm, self.seed, self.epoch, self.rank = specs, norm, seed, epoch, rank
+
+    def __call__(self, items):
+        from torch.utils.data import default_collate
+        views, boxes, flips, index, bad = default_collate([it[:5] for it in items])
+        g = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch, items[0][5], self.rank))
+        out, params = colour_views(views, boxes, flips, self.specs, self.norm, g, torch.device("cpu"))
+        return (out, params, views), boxes, flips, index, bad
+
+
 class StreamBatches:
     """The training batches of a StreamSource: same order and rank slices as DeviceBatches.
     decode=cuda decodes on the GPU (torchvision's batched nvJPEG, as DALI's mixed decoder);
@@ -320,31 +353,38 @@ class StreamBatches:
         tensor_decoder()       # imported once here (seconds), not in each worker of each epoch
         self.spec_of_view = self.dataset.specs
         self.colour = CompiledApply(_colour_whole, _colour, chunks=True) if compile else _colour
+        # on a CPU the colour ops run in the workers, in parallel, as torchvision's per-image
+        # pipeline runs its own (in the one main process they halved the streamed rate at
+        # 224 px); compiled, they stay in the main process (one compile, not one per worker)
+        self.colour_in_workers = (device.type == "cpu" and num_workers > 0 and not compile
+                                  and not self.gpu_decode)
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
         batches = worker_batches(len(self.source), self.batch_size, self.seed, epoch,
                                  self.rank, self.world, start_step)
+        collate = _collate_bytes if self.gpu_decode else None
+        src, norm, specs = self.source, self.source.normalize, self.spec_of_view
+        if self.colour_in_workers:
+            batches = [[(*item, step) for item in b] for step, b in enumerate(batches, start_step)]
+            collate = _ColourInWorker(specs, norm, self.seed, epoch, self.rank)
         loader = DataLoader(self.dataset, batch_sampler=batches, num_workers=self.num_workers,
                             pin_memory=self.device.type == "cuda", persistent_workers=False,
-                            collate_fn=_collate_bytes if self.gpu_decode else None)
-        src, norm = self.source, self.source.normalize
+                            collate_fn=collate)
         for step, (views, boxes, flips, index, bad) in enumerate(loader, start=start_step):
             src.report(list(bad))
             index = index.to(self.device, non_blocking=True)
-            g = torch.Generator(device=self.device)
-            g.manual_seed(mix_seed(self.seed, epoch, step, self.rank))
-            if self.gpu_decode:
-                images, unreadable = _gpu_views(views, boxes, flips, self.spec_of_view, self.device)
-                src.report(unreadable)
+            if self.colour_in_workers:
+                out, params, images = views
             else:
-                images = [v.to(self.device, non_blocking=True) for v in views]
-            out, params = [], []
-            for v, (x, spec) in enumerate(zip(images, self.spec_of_view)):
-                p = sample_colour(spec, len(x), g, self.device)
-                p["box"], p["flip"] = boxes[:, v].to(self.device), flips[:, v].to(self.device)
-                out.append(self.colour(x, spec, p, norm))
-                params.append(p)
-            specs = self.spec_of_view
+                g = torch.Generator(device=self.device)
+                g.manual_seed(mix_seed(self.seed, epoch, step, self.rank))
+                if self.gpu_decode:
+                    images, unreadable = _gpu_views(views, boxes, flips, specs, self.device)
+                    src.report(unreadable)
+                else:
+                    images = [v.to(self.device, non_blocking=True) for v in views]
+                out, params = colour_views(images, boxes, flips, specs, norm, g, self.device,
+                                           self.colour)
 
             def replay(v, p, images=images):      # the crop stays; the colour is redone
                 return _colour(images[v], specs[v], p, norm)
