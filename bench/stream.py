@@ -9,13 +9,19 @@ A folder of JPEGs of 256-500 px on a side is written first (the workplace's CIFA
 images, upscaled; ../shared/data). Then, each in its own process (so that its peak memory
 is its own), as many two-view batches as fit in --seconds are made by
   ours:        dataset.pipeline=stream: workers decode each file once (JPEG draft mode when
-               the crops are small), crop and resize both views on the full image; the colour
-               ops (jitter in a random order, grayscale) run batched in the main process
-               (through torch.compile with --compile, compiled before the timing starts);
+               the crops are small), crop and resize both views on the full image, and (on a
+               CPU) apply the colour ops (jitter in a random order, grayscale) batched to the
+               batch they made; with --compile the colour ops run in the main process through
+               torch.compile, compiled before the timing starts;
   ours-workers: the workers' part of ours alone (decode, crops, resizes; no colour ops):
                what the training loop waits for when a GPU does the colour ops;
   torchvision: datasets.ImageFolder with the same augmentation per image (RandomResizedCrop,
-               flip, ColorJitter, RandomGrayscale, ToTensor, Normalize) twice per image.
+               flip, ColorJitter, RandomGrayscale, ToTensor, Normalize) twice per image;
+  dali:        dataset.pipeline=dali (--dali): the workers read the files and draw the boxes,
+               DALI decodes each box (ROI), resizes and flips; the colour ops as ours;
+  dali-own:    DALI's own pipeline alone, as a reference (--dali): its file reader, random
+               crop decode, resize, flip, colour twist and normalisation, two views, no
+               grayscale (none in DALI), its order and boxes its own (no exact resume).
 Both with the same DataLoader workers. Prints images/s (an image = its two views) and the
 peak RSS of the main process plus its workers, and the ratio.
 """
@@ -70,7 +76,9 @@ def one(kind: str, root: Path, size: int, batch: int, workers: int, seconds: flo
     import torch
     # the main process makes the colour ops on the core the workers leave (2 threads: 20% slower)
     torch.set_num_threads(max(1, os.cpu_count() - workers) if workers else os.cpu_count())
-    if kind in ("ours", "ours-workers"):
+    if kind == "dali-own":
+        get = dali_own(root, size, batch, workers)
+    elif kind in ("ours", "ours-workers", "dali"):
         from hydra import compose, initialize_config_dir
         from sslcifar.config import register_configs
         from sslcifar.data.sources import build_source
@@ -80,8 +88,13 @@ def one(kind: str, root: Path, size: int, batch: int, workers: int, seconds: flo
             cfg = compose("simclr", ["dataset=imagefolder", f"dataset.root={root}",
                                      f"dataset.size={size}", "dataset.pipeline=stream"])
         src = build_source(cfg, "train", torch.device("cpu"), augment=True)
-        batches = StreamBatches(src, batch, 0, 0, 1, workers, torch.device("cpu"), compile=compile)
-        if kind == "ours":
+        views_from_bytes = None
+        if kind == "dali":
+            from sslcifar.data.dali import DaliViews
+            views_from_bytes = DaliViews(batch, torch.device("cpu"), workers)
+        batches = StreamBatches(src, batch, 0, 0, 1, workers, torch.device("cpu"), compile=compile,
+                                views_from_bytes=views_from_bytes)
+        if kind in ("ours", "dali"):
             it = iter(batches.epoch(0))
             get = lambda: next(it).views  # noqa: E731
         else:       # the workers' part only: what a GPU, doing the colour ops, would wait for
@@ -113,6 +126,32 @@ def one(kind: str, root: Path, size: int, batch: int, workers: int, seconds: flo
     return {"images_per_s": images / (time.perf_counter() - t), "peak_rss_mib": peak_rss_mib()}
 
 
+def dali_own(root: Path, size: int, batch: int, threads: int):
+    """DALI's own augmentation pipeline on the CPU (the reference row): a batch getter."""
+    import nvidia.dali.fn as fn
+    import nvidia.dali.types as types
+    from nvidia.dali import pipeline_def
+
+    @pipeline_def(batch_size=batch, num_threads=threads, device_id=None)
+    def views():
+        files, _ = fn.readers.file(file_root=str(root / "train"), random_shuffle=True, seed=0)
+        out = []
+        for _ in range(2):
+            img = fn.decoders.image_random_crop(files, device="cpu", output_type=types.RGB,
+                                                random_area=[0.08, 1.0])
+            img = fn.resize(img, resize_x=size, resize_y=size, antialias=True)
+            img = fn.color_twist(img, brightness=fn.random.uniform(range=[0.6, 1.4]),
+                                 contrast=fn.random.uniform(range=[0.6, 1.4]),
+                                 saturation=fn.random.uniform(range=[0.6, 1.4]),
+                                 hue=fn.random.uniform(range=[-36.0, 36.0]))
+            out.append(fn.crop_mirror_normalize(img, mirror=fn.random.coin_flip(),
+                                                mean=[124.0, 116.0, 104.0], std=[58.0, 57.0, 57.0]))
+        return tuple(out)
+    pipe = views()
+    pipe.build()
+    return lambda: pipe.run()[0].as_array()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=1000)
@@ -123,7 +162,9 @@ def main() -> None:
     ap.add_argument("--folder", default="outputs/bench_stream_images")
     ap.add_argument("--compile", action="store_true", help="ours with augment.compile=true")
     ap.add_argument("--rounds", type=int, default=1, help="each kind this often, in turn; best kept")
-    ap.add_argument("--one", choices=("ours", "ours-workers", "torchvision"), help=argparse.SUPPRESS)
+    ap.add_argument("--dali", action="store_true", help="also the dali and dali-own rows")
+    ap.add_argument("--one", choices=("ours", "ours-workers", "torchvision", "dali", "dali-own"),
+                    help=argparse.SUPPRESS)
     args = ap.parse_args()
     root = Path(args.folder).resolve()
     if args.one:
@@ -132,7 +173,7 @@ def main() -> None:
         return
     make_folder(root, args.images)
     res = {}
-    kinds = ("torchvision", "ours", "ours-workers")
+    kinds = ("torchvision", "ours", "ours-workers") + (("dali", "dali-own") if args.dali else ())
     for _ in range(args.rounds):    # the kinds in turn, each round: a shared machine's noise hits all
         for kind in kinds:
             proc = subprocess.run([sys.executable, __file__, "--one", kind, "--folder", str(root),
@@ -155,7 +196,9 @@ def main() -> None:
         print(f"  {kind:12s} {r['images_per_s']:8.1f} images/s   peak RSS {r['peak_rss_mib']:7.0f} MiB")
     tv = res["torchvision"]["images_per_s"]
     print(f"stream_speedup={res['ours']['images_per_s'] / tv:.2f} "
-          f"workers_only={res['ours-workers']['images_per_s'] / tv:.2f}")
+          f"workers_only={res['ours-workers']['images_per_s'] / tv:.2f}"
+          + (f" dali={res['dali']['images_per_s'] / tv:.2f} "
+             f"dali_own={res['dali-own']['images_per_s'] / tv:.2f}" if args.dali else ""))
 
 
 if __name__ == "__main__":

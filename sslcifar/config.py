@@ -89,7 +89,7 @@ class DatasetConfig:
     # auto: device, or stream for a folder data set whose decoded copy would exceed
     # memory_budget_mb | device (decoded into memory, views made batched on the device) |
     # stream (files decoded per batch in DataLoader workers) | torchvision (per-image PIL)
-    pipeline: str = declared(choices=("auto", "device", "stream", "torchvision"))
+    pipeline: str = declared(choices=("auto", "device", "stream", "dali", "torchvision"))
     memory_budget_mb: Optional[int] = declared(AT_LEAST_1)  # auto's budget; null: half the available memory
     decode: str = declared(choices=("cpu", "cuda"))   # stream: cpu (in the workers) | cuda (nvJPEG, batched)
     classes_file: Optional[str] = MISSING     # folder data sets: only these class folders (ImageNet-100)

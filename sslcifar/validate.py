@@ -37,9 +37,13 @@ def validate_config(cfg) -> None:
     lo, why = method.min_batch
     _require(cfg.batch_size >= lo, "batch_size", cfg.batch_size, f"needs >= {lo}{why}")
     from .data.folders import FOLDER_DATASETS
-    _require(cfg.dataset.pipeline != "stream" or cfg.dataset.name in FOLDER_DATASETS,
-             "dataset.pipeline", "stream", f"streams image folders ({', '.join(FOLDER_DATASETS)}); "
-             f"{cfg.dataset.name} is read into memory: use auto or device")
+    for streamed in ("stream", "dali"):
+        _require(cfg.dataset.pipeline != streamed or cfg.dataset.name in FOLDER_DATASETS,
+                 "dataset.pipeline", streamed, f"streams image folders ({', '.join(FOLDER_DATASETS)}); "
+                 f"{cfg.dataset.name} is read into memory: use auto or device")
+    if cfg.dataset.pipeline == "dali":
+        from .data.dali import import_dali
+        import_dali()
     protocols = sorted(p.stem for p in (config_dir() / "protocol").glob("*.yaml"))
     _require(cfg.eval.linear is None or cfg.eval.linear in protocols, "eval.linear",
              cfg.eval.linear, "use one of " + ", ".join(protocols) + " or null")

@@ -115,8 +115,12 @@ def build_batches(cfg, source, rank: int, world: int, device: torch.device):
     d = cfg.dataset
     if hasattr(source, "paths"):                 # a StreamSource: files decoded in workers
         from .stream import StreamBatches
+        views_from_bytes = None
+        if d.pipeline == "dali":                 # the workers read, DALI decodes and crops
+            from .dali import DaliViews
+            views_from_bytes = DaliViews(cfg.batch_size // world, device, d.num_workers)
         return StreamBatches(source, cfg.batch_size, cfg.seed, rank, world, d.num_workers,
-                             device, d.decode, cfg.augment.get("compile", False))
+                             device, d.decode, cfg.augment.get("compile", False), views_from_bytes)
     if d.pipeline == "torchvision" and d.name != "spirograph":
         return TorchvisionBatches(source, view_specs(cfg.augment, d), d.mean, d.std,
                                   cfg.batch_size, cfg.seed, rank, world, d.num_workers, device)

@@ -103,7 +103,7 @@ def _check_subset(d, available: int) -> None:
 def _streams(d, split: str) -> bool:
     """Whether a folder data set is streamed: pipeline=stream, or auto with a decoded copy
     at dataset.size larger than the memory budget (said in the log)."""
-    if d.pipeline == "stream":
+    if d.pipeline in ("stream", "dali"):
         return True
     if d.pipeline != "auto":
         return False
@@ -138,6 +138,9 @@ def build_source(cfg, split: str, device: torch.device, augment: bool = False):
     if d.name in FOLDER_DATASETS and _streams(d, split):
         from .stream import StreamSource
         specs = view_specs(cfg.augment, d) if augment else None
+        if d.pipeline == "dali":
+            from .dali import DaliSource
+            return DaliSource(d, split, device, specs)
         return StreamSource(d, split, device, specs)
     data = load_images(d, split)
     if split == "train" and d.subset is not None:

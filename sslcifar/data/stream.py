@@ -99,16 +99,23 @@ def decode_views(path, specs: List[ViewSpec], seeds: List[int]):
     return views, torch.tensor(boxes), torch.tensor(flips)
 
 
+def plain_geometry(width: int, height: int, size: int):
+    """Evaluation's resize and crop of a width x height image: (new width, new height, left,
+    top): the shorter side to round(size / 0.875) (CIFAR-sized: size), the centre size x size."""
+    short = round(size / EVAL_CROP) if size >= 64 else size          # CIFAR-sized: no margin
+    scale = short / min(width, height)
+    nw, nh = max(short, round(width * scale)), max(short, round(height * scale))
+    return nw, nh, (nw - size) // 2, (nh - size) // 2
+
+
 def decode_plain(path, size: int) -> torch.Tensor:
     """Evaluation's image: shorter side to round(size / 0.875), centre crop size x size."""
     from PIL import Image
     width, height = image_size(path)
-    short = round(size / EVAL_CROP) if size >= 64 else size          # CIFAR-sized: no margin
-    scale = short / min(width, height)
+    nw, nh, left, top = plain_geometry(width, height, size)
+    scale = min(nw, nh) / min(width, height)         # the shorter side's scale
     im = open_rgb(path, (math.ceil(width * scale), math.ceil(height * scale)))
-    nw, nh = max(short, round(width * scale)), max(short, round(height * scale))
     im = im.resize((nw, nh), Image.BILINEAR)
-    left, top = (nw - size) // 2, (nh - size) // 2
     return pil_to_uint8(im.crop((left, top, left + size, top + size)))
 
 
@@ -341,7 +348,7 @@ class StreamBatches:
 
     def __init__(self, source: StreamSource, batch_size: int, seed: int, rank: int, world: int,
                  num_workers: int, device: torch.device, decode: str = "cpu",
-                 compile: bool = False):
+                 compile: bool = False, views_from_bytes=None):
         self.source, self.batch_size, self.seed = source, batch_size, seed
         self.rank, self.world = rank, world
         self.steps_per_epoch = len(source) // batch_size
@@ -349,7 +356,10 @@ class StreamBatches:
         self.gpu_decode = decode == "cuda" and device.type == "cuda"
         if decode == "cuda" and not self.gpu_decode:
             log.warning("dataset.decode=cuda needs a CUDA device: decoding in the workers instead")
-        self.dataset = (_Bytes if self.gpu_decode else _Views)(source.paths, source.specs)
+        # the workers read the files and draw the boxes; the batch's views are made by
+        # views_from_bytes (DALI: sslcifar/data/dali.py) or nvJPEG (decode=cuda)
+        self.views_from_bytes = views_from_bytes or (_gpu_views if self.gpu_decode else None)
+        self.dataset = (_Bytes if self.views_from_bytes else _Views)(source.paths, source.specs)
         tensor_decoder()       # imported once here (seconds), not in each worker of each epoch
         self.spec_of_view = self.dataset.specs
         self.colour = CompiledApply(_colour_whole, _colour, chunks=True) if compile else _colour
@@ -357,12 +367,12 @@ class StreamBatches:
         # pipeline runs its own (in the one main process they halved the streamed rate at
         # 224 px); compiled, they stay in the main process (one compile, not one per worker)
         self.colour_in_workers = (device.type == "cpu" and num_workers > 0 and not compile
-                                  and not self.gpu_decode)
+                                  and not self.views_from_bytes)
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
         batches = worker_batches(len(self.source), self.batch_size, self.seed, epoch,
                                  self.rank, self.world, start_step)
-        collate = _collate_bytes if self.gpu_decode else None
+        collate = _collate_bytes if self.views_from_bytes else None
         src, norm, specs = self.source, self.source.normalize, self.spec_of_view
         if self.colour_in_workers:
             batches = [[(*item, step) for item in b] for step, b in enumerate(batches, start_step)]
@@ -378,8 +388,8 @@ class StreamBatches:
             else:
                 g = torch.Generator(device=self.device)
                 g.manual_seed(mix_seed(self.seed, epoch, step, self.rank))
-                if self.gpu_decode:
-                    images, unreadable = _gpu_views(views, boxes, flips, specs, self.device)
+                if self.views_from_bytes:
+                    images, unreadable = self.views_from_bytes(views, boxes, flips, specs, self.device)
                     src.report(unreadable)
                 else:
                     images = [v.to(self.device, non_blocking=True) for v in views]
