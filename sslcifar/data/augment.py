@@ -36,7 +36,7 @@ import ctypes
 import logging
 import sys
 from dataclasses import dataclass
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -265,20 +265,23 @@ class BatchNormalize:
 CPU_CHUNK_BYTES = 2 << 20
 
 
-def in_chunks(fn, x: torch.Tensor, params: Params, out_size: int) -> torch.Tensor:
+def in_chunks(fn, x: torch.Tensor, params: Params, out_size: int,
+              out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """fn(x, params) -> [B, 3, S, S], computed over cache-sized chunks of the batch on a CPU
-    (the params sliced with it: each entry with B rows); in one call on other devices."""
+    (the params sliced with it: each entry with B rows); in one call on other devices.
+    `out`: a CPU buffer to write the result into (a DataLoader worker's shared memory)."""
     n = len(x)
     per = max(1, CPU_CHUNK_BYTES // (3 * out_size * out_size * 4))
     if x.device.type != "cpu" or n <= per:
-        return fn(x, params)
+        return fn(x, params) if out is None else out.copy_(fn(x, params))
     parts = (fn(x[a:a + per], {k: v[a:a + per] if torch.is_tensor(v) and v.dim() and
                                len(v) == n else v for k, v in params.items()})
              for a in range(0, n, per))
     first = next(parts)
     if first.requires_grad:                         # the gradient penalty's views: autograd's cat
         return torch.cat([first, *parts])
-    out = empty_huge((n, *first.shape[1:]), first.dtype)
+    if out is None:
+        out = empty_huge((n, *first.shape[1:]), first.dtype)
     out[:per] = first
     for a, part in zip(range(per, n, per), parts):
         out[a:a + len(part)] = part

@@ -336,8 +336,16 @@ class _ColourInWorker:
         from torch.utils.data import default_collate
         views, boxes, flips, index, bad = default_collate([it[:5] for it in items])
         g = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch, items[0][5], self.rank))
-        out, params = colour_views(views, boxes, flips, self.specs, self.norm, g, torch.device("cpu"))
+        out, params = colour_views(views, boxes, flips, self.specs, self.norm, g,
+                                   torch.device("cpu"), _colour_into_shared_memory)
         return (out, params, views), boxes, flips, index, bad
+
+
+def _colour_into_shared_memory(x: torch.Tensor, spec: ViewSpec, p, norm: BatchNormalize):
+    """_colour written straight into shared memory: what a worker returns is moved there
+    anyway, a copy of the whole float batch (77 MB for 64 two-view images at 224 px)."""
+    out = torch.empty(len(x), 3, spec.size, spec.size).share_memory_()
+    return in_chunks(lambda c, q: _colour_whole(c, spec, q, norm), x, p, spec.size, out=out)
 
 
 class StreamBatches:
