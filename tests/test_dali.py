@@ -108,3 +108,13 @@ def test_without_dali_the_run_says_how_to_install_it(tmp_path, jpeg_folder):  # 
                "dataset.pipeline=dali", f"hydra.run.dir={tmp_path / 'run'}", env=env, check=False)
     last = proc.stderr.strip().splitlines()[-1]
     assert proc.returncode == 2 and "pip install -e '.[dali]'" in last, proc.stderr
+
+
+def test_the_gpu_pipelines_are_well_formed():
+    """The GPU placement (mixed decode, gpu resize, flip and slice) is defined without a GPU
+    (building it needs one): DALI's own checks of where each input lives (argument inputs
+    must stay on the CPU) run at definition."""
+    from sslcifar.data.dali import plain_pipeline, views_pipeline
+    cuda = torch.device("cuda", 0)
+    views_pipeline([ViewSpec(size=32), ViewSpec(size=16, interpolation="bicubic")], 8, 2, cuda)
+    plain_pipeline(64, 8, 2, cuda)

@@ -81,6 +81,52 @@ def _files(packed) -> List[np.ndarray]:
     return [t.numpy() for t in torch.split(data, lengths.tolist())]
 
 
+def views_pipeline(specs: List[ViewSpec], batch_size: int, num_threads: int, device: torch.device):
+    """The training views' DALI pipeline (not built): per view v, the external sources
+    anchor{v} [x, y], shape{v} [w, h] (the box, full-image pixels) and flip{v}; the files'
+    bytes in "files". Argument inputs (the flips) stay on the CPU, as DALI requires."""
+    dali, fn, types = import_dali()
+    device_id, decoder, ops = _placement(device)
+    pipe = dali.Pipeline(batch_size=batch_size, num_threads=num_threads, device_id=device_id,
+                         prefetch_queue_depth=1)
+    with pipe:
+        files = fn.external_source(name="files", dtype=types.UINT8)
+        outs = []
+        for v, spec in enumerate(specs):
+            anchor = fn.external_source(name=f"anchor{v}", dtype=types.FLOAT)
+            shape = fn.external_source(name=f"shape{v}", dtype=types.FLOAT)
+            flip = fn.external_source(name=f"flip{v}", dtype=types.INT32)
+            img = fn.decoders.image_slice(files, anchor, shape, device=decoder,
+                                          output_type=types.RGB, axis_names="WH",
+                                          normalized_anchor=False, normalized_shape=False)
+            interp = types.INTERP_CUBIC if spec.interpolation == "bicubic" else types.INTERP_LINEAR
+            img = fn.resize(img, device=ops, resize_x=spec.size, resize_y=spec.size,
+                            antialias=True, interp_type=interp)
+            outs.append(fn.flip(img, device=ops, horizontal=flip))
+        pipe.set_outputs(*outs)
+    return pipe
+
+
+def plain_pipeline(size: int, batch_size: int, num_threads: int, device: torch.device):
+    """Evaluation's DALI pipeline (not built): "files", "size" [h, w] and "anchor" [left, top]
+    from the stream pipeline's plain_geometry; resize, then the size x size crop."""
+    dali, fn, types = import_dali()
+    device_id, decoder, ops = _placement(device)
+    pipe = dali.Pipeline(batch_size=batch_size, num_threads=num_threads, device_id=device_id,
+                         prefetch_queue_depth=1)
+    with pipe:
+        files = fn.external_source(name="files", dtype=types.UINT8)
+        new_size = fn.external_source(name="size", dtype=types.FLOAT)
+        anchor = fn.external_source(name="anchor", dtype=types.FLOAT)
+        img = fn.decoders.image(files, device=decoder, output_type=types.RGB)
+        img = fn.resize(img, device=ops, size=new_size, antialias=True,
+                        interp_type=types.INTERP_LINEAR)
+        pipe.set_outputs(fn.slice(img, anchor, np.array([size, size], dtype=np.float32),
+                                  device=ops, axis_names="WH", normalized_anchor=False,
+                                  normalized_shape=False))
+    return pipe
+
+
 class DaliViews:
     """Training views: a batch of `stream._collate_bytes` and its views' specs -> (uint8
     [B, 3, S, S] per view on `device`, unreadable files' messages). One DALI pipeline for the
@@ -94,25 +140,7 @@ class DaliViews:
         self.fallbacks = 0          # batches DALI refused, made by our CPU path
 
     def _build(self):
-        dali, fn, types = import_dali()
-        device_id, decoder, ops = _placement(self.device)
-        pipe = dali.Pipeline(batch_size=self.batch_size, num_threads=self.num_threads,
-                             device_id=device_id, prefetch_queue_depth=1)
-        with pipe:
-            files = fn.external_source(name="files", dtype=types.UINT8)
-            outs = []
-            for v, spec in enumerate(self.specs):
-                anchor = fn.external_source(name=f"anchor{v}", dtype=types.FLOAT)
-                shape = fn.external_source(name=f"shape{v}", dtype=types.FLOAT)
-                flip = fn.external_source(name=f"flip{v}", dtype=types.INT32)
-                img = fn.decoders.image_slice(files, anchor, shape, device=decoder,
-                                              output_type=types.RGB, axis_names="WH",
-                                              normalized_anchor=False, normalized_shape=False)
-                interp = types.INTERP_CUBIC if spec.interpolation == "bicubic" else types.INTERP_LINEAR
-                img = fn.resize(img, device=ops, resize_x=spec.size, resize_y=spec.size,
-                                antialias=True, interp_type=interp)
-                outs.append(fn.flip(img, device=ops, horizontal=flip.gpu() if ops == "gpu" else flip))
-            pipe.set_outputs(*outs)
+        pipe = views_pipeline(self.specs, self.batch_size, self.num_threads, self.device)
         pipe.build()
         return pipe
 
@@ -176,22 +204,7 @@ class DaliSource(StreamSource):
 
     def _plain_pipe(self, batch_size: int):
         if batch_size not in self._plain_pipes:
-            dali, fn, types = import_dali()
-            device_id, decoder, ops = _placement(self.device)
-            pipe = dali.Pipeline(batch_size=batch_size, num_threads=max(1, self.num_workers),
-                                 device_id=device_id, prefetch_queue_depth=1)
-            with pipe:
-                files = fn.external_source(name="files", dtype=types.UINT8)
-                size = fn.external_source(name="size", dtype=types.FLOAT)       # [2]: h, w
-                anchor = fn.external_source(name="anchor", dtype=types.FLOAT)   # [2]: left, top
-                img = fn.decoders.image(files, device=decoder, output_type=types.RGB)
-                # the stream pipeline's exact resize and centre crop (plain_geometry)
-                img = fn.resize(img, device=ops, size=size.gpu() if ops == "gpu" else size,
-                                antialias=True, interp_type=types.INTERP_LINEAR)
-                pipe.set_outputs(fn.slice(img, anchor.gpu() if ops == "gpu" else anchor,
-                                          np.array([self.size, self.size], dtype=np.float32),
-                                          device=ops, axis_names="WH",
-                                          normalized_anchor=False, normalized_shape=False))
+            pipe = plain_pipeline(self.size, batch_size, max(1, self.num_workers), self.device)
             pipe.build()
             self._plain_pipes[batch_size] = pipe
         return self._plain_pipes[batch_size]
