@@ -3,8 +3,6 @@ against the stream pipeline's views of the same boxes, odd files, evaluation's c
 training through simclr.py with a bit-identical resume, and the missing-DALI line."""
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -16,7 +14,7 @@ from sslcifar.data.sources import build_source
 from sslcifar.data.stream import _Bytes, _collate_bytes, decode_views
 
 from .conftest import REPO, TINY, run
-from .test_stream import _cfg, jpeg_folder  # noqa: F401  (the folder fixture)
+from .test_stream import _cfg, jpeg_folder, train_and_resume  # noqa: F401  (the folder fixture)
 
 pytest.importorskip("nvidia.dali", reason="the [dali] extra (in [test]) is not installed")
 
@@ -81,18 +79,7 @@ def test_evaluation_reads_dali_centre_crops_as_the_stream_pipeline(jpeg_folder):
 
 @pytest.mark.slow
 def test_training_through_dali_resumes_bit_identically(tmp_path, jpeg_folder):  # noqa: F811
-    common = [*TINY, "dataset=imagefolder", f"dataset.root={jpeg_folder}", "dataset.size=32",
-              "dataset.pipeline=dali", "dataset.num_workers=2", "epochs=2", "eval.knn_every=0"]
-    full, split = tmp_path / "full", tmp_path / "split"
-    proc = run("simclr.py", *common, f"hydra.run.dir={full}")
-    assert "unreadable image skipped" in proc.stderr + proc.stdout
-    run("simclr.py", *common, "max_steps=4", f"hydra.run.dir={split}")
-    run("simclr.py", *common, "resume=true", "dataset.num_workers=0", f"hydra.run.dir={split}")
-    a = torch.load(full / "checkpoints" / "last.pt", weights_only=True)
-    b = torch.load(split / "checkpoints" / "last.pt", weights_only=True)
-    assert a["step"] == b["step"] == 6
-    for k in a["model"]:
-        assert torch.equal(a["model"][k], b["model"][k]), k
+    full = train_and_resume(tmp_path, jpeg_folder, "dali")
     assert json.loads((full / "done.json").read_text())["knn_top1"] >= 0
 
 

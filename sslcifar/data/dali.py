@@ -81,14 +81,21 @@ def _files(packed) -> List[np.ndarray]:
     return [t.numpy() for t in torch.split(data, lengths.tolist())]
 
 
-def views_pipeline(specs: List[ViewSpec], batch_size: int, num_threads: int, device: torch.device):
-    """The training views' DALI pipeline (not built): per view v, the external sources
-    anchor{v} [x, y], shape{v} [w, h] (the box, full-image pixels) and flip{v}; the files'
-    bytes in "files". Argument inputs (the flips) stay on the CPU, as DALI requires."""
+def _new_pipeline(batch_size: int, num_threads: int, device: torch.device):
+    """An empty DALI pipeline placed for `device`, fed one batch per run (external sources):
+    (pipeline, fn, types, decoder device, other ops' device)."""
     dali, fn, types = import_dali()
     device_id, decoder, ops = _placement(device)
     pipe = dali.Pipeline(batch_size=batch_size, num_threads=num_threads, device_id=device_id,
                          prefetch_queue_depth=1)
+    return pipe, fn, types, decoder, ops
+
+
+def views_pipeline(specs: List[ViewSpec], batch_size: int, num_threads: int, device: torch.device):
+    """The training views' DALI pipeline (not built): per view v, the external sources
+    anchor{v} [x, y], shape{v} [w, h] (the box, full-image pixels) and flip{v}; the files'
+    bytes in "files". Argument inputs (the flips) stay on the CPU, as DALI requires."""
+    pipe, fn, types, decoder, ops = _new_pipeline(batch_size, num_threads, device)
     with pipe:
         files = fn.external_source(name="files", dtype=types.UINT8)
         outs = []
@@ -110,10 +117,7 @@ def views_pipeline(specs: List[ViewSpec], batch_size: int, num_threads: int, dev
 def plain_pipeline(size: int, batch_size: int, num_threads: int, device: torch.device):
     """Evaluation's DALI pipeline (not built): "files", "size" [h, w] and "anchor" [left, top]
     from the stream pipeline's plain_geometry; resize, then the size x size crop."""
-    dali, fn, types = import_dali()
-    device_id, decoder, ops = _placement(device)
-    pipe = dali.Pipeline(batch_size=batch_size, num_threads=num_threads, device_id=device_id,
-                         prefetch_queue_depth=1)
+    pipe, fn, types, decoder, ops = _new_pipeline(batch_size, num_threads, device)
     with pipe:
         files = fn.external_source(name="files", dtype=types.UINT8)
         new_size = fn.external_source(name="size", dtype=types.FLOAT)
