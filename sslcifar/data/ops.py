@@ -171,16 +171,27 @@ def adjust_saturation(images: torch.Tensor, factor: torch.Tensor) -> torch.Tenso
     return _blend(images, rgb_to_grayscale(images), factor)
 
 
-def _mod6(y: torch.Tensor) -> torch.Tensor:
-    """y mod 6 for y in [-6, 12): torch.remainder in eager mode; under torch.compile the
-    same values by two wraps (remainder's fmod is exact, and so is y - 6 on [6, 12)),
-    because inductor's vectorised fmod costs ~20x a subtraction (the hue took 1.8 ms of a
-    224 px image, 0.3 ms wrapped) while eager's is faster than the wraps. Where y + 6
-    rounds up to 6 the wraps give 0, remainder 6: the same hue below."""
-    if not torch.compiler.is_compiling():
-        return torch.remainder(y, 6)
-    y = torch.where(y < 0, y + 6, y)
-    return torch.where(y >= 6, y - 6, y)
+def select(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a where mask else b, for a float mask of 0s and 1s broadcastable to a and b: the values
+    of torch.where(mask.bool(), a, b) exactly (for finite a, b), computed as torch.lerp(b, a,
+    mask) (weight 0: b + 0 * (a - b) = b; weight 1: a - (a - b) * 0 = a), and differentiable
+    as where is. Why not where: on a CPU, where and every op that writes a bool tensor run
+    unvectorised: a where over 3 x 224 x 224 floats took 0.50 ms, a lerp 0.02 ms (2-core AMD
+    EPYC, torch 2.14); on a GPU both are one fast kernel."""
+    return torch.lerp(b, a, mask)
+
+
+def mask_of(compare, a: torch.Tensor, b) -> torch.Tensor:
+    """compare(a, b) (torch.eq, torch.ge, ...) as a float tensor of 0s and 1s shaped like a:
+    written into a float output directly, 4x faster on a CPU than a bool result (see select)."""
+    return compare(a, b, out=torch.empty_like(a))
+
+
+def _wrap6(y: torch.Tensor) -> torch.Tensor:
+    """y mod 6 for y in (-6, 12), value for value torch.remainder(y, 6): y + 6 below 0 (rounded
+    once, as remainder's fmod(y, 6) + 6), y - 6 from 6 (exact on [6, 12)), y between. As float
+    masks (3x faster than remainder on a CPU, and fused by torch.compile)."""
+    return y.add(mask_of(torch.lt, y, 0), alpha=6).sub_(mask_of(torch.ge, y, 6), alpha=6)
 
 
 def adjust_hue(images: torch.Tensor, hue_factor: torch.Tensor) -> torch.Tensor:
@@ -189,23 +200,24 @@ def adjust_hue(images: torch.Tensor, hue_factor: torch.Tensor) -> torch.Tensor:
     r, g, b = images.unbind(1)
     v = torch.maximum(torch.maximum(r, g), b)
     c = v - torch.minimum(torch.minimum(r, g), b)               # chroma = v * saturation
-    safe_c = torch.where(c == 0, torch.ones_like(c), c)
+    safe_c = c + mask_of(torch.eq, c, 0)                        # 1 where c == 0, else c
     # hue in sixths of a turn, by which channel is the maximum (0 for grays: r-g-b diffs are 0)
-    h6 = torch.where(v == r, (g - b) / safe_c,
-                     torch.where(v == g, (b - r) / safe_c + 2, (r - g) / safe_c + 4))
-    h6 = _mod6(h6 + 6 * _per_sample(hue_factor).squeeze(1))                    # [B, H, W]
+    h6 = select(mask_of(torch.eq, v, r), (g - b) / safe_c,
+                select(mask_of(torch.eq, v, g), (b - r) / safe_c + 2, (r - g) / safe_c + 4))
+    h6 = _wrap6(h6 + 6 * _per_sample(hue_factor).squeeze(1))                 # [B, H, W]
     # HSV -> RGB without sector tables: channel n (R=5, G=3, B=1) is
     # v - c * clamp(min(k, 4 - k), 0, 1) with k = (n + h6) mod 6; this equals
     # torchvision's (v, q, p, t) selection sector by sector
     out = []
     for n in (5.0, 3.0, 1.0):
-        k = _mod6(h6 + n)
+        k = h6 + n                                                            # in [1, 12)
+        k.sub_(mask_of(torch.ge, k, 6), alpha=6)
         out.append(v - c * torch.minimum(k, 4 - k).clamp_(0, 1))
     return torch.stack(out, dim=1)
 
 
 def hflip(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return torch.where(_per_sample(mask), images.flip(-1), images)
+    return select(_per_sample(mask.to(images.dtype)), images.flip(-1), images)
 
 
 def gaussian_blur(images: torch.Tensor, kernel_size: int, sigma: torch.Tensor) -> torch.Tensor:
@@ -227,4 +239,5 @@ def gaussian_blur(images: torch.Tensor, kernel_size: int, sigma: torch.Tensor) -
 
 
 def solarize(images: torch.Tensor, threshold: float, mask: torch.Tensor) -> torch.Tensor:
-    return torch.where(_per_sample(mask) & (images >= threshold), 1 - images, images)
+    return select(_per_sample(mask.to(images.dtype)) * mask_of(torch.ge, images, threshold),
+                  1 - images, images)
