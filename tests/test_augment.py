@@ -13,7 +13,7 @@ from sslcifar.data.augment import (BatchAugment, BatchNormalize, ViewMaker, View
                                    sample_params)
 from sslcifar.data.ops import (adjust_brightness, adjust_contrast, adjust_hue, adjust_saturation,
                                crop_box, gaussian_blur, hflip, resized_crop, rgb_to_grayscale,
-                               sample_crop_boxes, solarize)
+                               sample_crop_boxes, select, solarize)
 
 TOL = 1 / 255
 
@@ -306,3 +306,29 @@ def test_views_made_in_cache_sized_chunks_equal_one_pass_over_the_batch(size, n)
     p = dict(p, jitter=p["jitter"].clone().requires_grad_())
     apply_params(x, spec, p, norm).sum().backward()
     assert p["jitter"].grad is not None and p["jitter"].grad.abs().sum() > 0
+
+
+def test_select_is_torch_where_bit_for_bit():
+    """The colour ops choose with select (a lerp by a 0/1 float mask: where is unvectorised on
+    a CPU); for finite values it must return exactly where's values, per pixel and per sample."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(4, 3, 8, 8, generator=g) * 10.0 ** torch.randint(-30, 30, (4, 3, 8, 8), generator=g)
+    b = torch.randn(4, 3, 8, 8, generator=g)
+    for mask in (torch.rand(4, 3, 8, 8, generator=g) < 0.5, torch.tensor([True, False, True, False])):
+        m = mask.view(-1, *[1] * (a.dim() - 1)) if mask.dim() == 1 else mask
+        assert torch.equal(select(m.float(), a, b), torch.where(m, a, b))
+
+
+def test_ops_no_sample_of_a_batch_draws_are_skipped_without_changing_a_value():
+    """On a CPU, colour() skips an op (a blend stage, the hue, grayscale, blur, solarize) that
+    no sample of the batch draws. Image by image almost every op is skipped for someone; the
+    views must be those of the batch, where every op runs (same tolerance as the chunks)."""
+    from sslcifar.data.augment import colour, sample_colour
+    spec = ViewSpec(size=24, blur_p=0.5, solarize_p=0.3, grayscale_p=0.3)
+    x = images(24, 24, 24)
+    p = sample_colour(spec, 24, torch.Generator().manual_seed(2), "cpu")
+    assert all(p[k].any() and not p[k].all() for k in ("jitter_on", "gray", "solarize"))
+    whole = colour(x, spec, p)
+    one_by_one = torch.cat([colour(x[i:i + 1], spec, {k: v[i:i + 1] for k, v in p.items()})
+                            for i in range(24)])
+    torch.testing.assert_close(one_by_one, whole, rtol=0, atol=1e-6)
