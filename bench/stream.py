@@ -18,7 +18,8 @@ is its own), as many two-view batches as fit in --seconds are made by
   torchvision: datasets.ImageFolder with the same augmentation per image (RandomResizedCrop,
                flip, ColorJitter, RandomGrayscale, ToTensor, Normalize) twice per image;
   dali:        dataset.pipeline=dali (--dali): the workers read the files and draw the boxes,
-               DALI decodes each box (ROI), resizes and flips; the colour ops as ours;
+               DALI decodes each box (ROI), resizes and flips; the colour ops as ours (on a
+               CPU DALI and the colour ops run in each worker, a DALI pipeline per worker);
   dali-own:    DALI's own pipeline alone, as a reference (--dali): its file reader, random
                crop decode, resize, flip, colour twist and normalisation, two views, no
                grayscale (none in DALI), its order and boxes its own (no exact resume).

@@ -218,7 +218,7 @@ class _Bytes(_Views):
 
     def __getitem__(self, item):
         import torchvision
-        i, seed = item
+        i, seed, *step = item           # the step too when the worker does the colour ops
         bad = ""
         for attempt in range(len(self.paths)):
             path = self.paths[(i + attempt) % len(self.paths)]
@@ -231,7 +231,7 @@ class _Bytes(_Views):
                     raise BadImage(f"{path}: truncated JPEG (no end-of-image marker)")
                 boxes, flips = draw_geometry(width, height, self.specs,
                                              [mix_seed(seed, v) for v in range(len(self.specs))])
-                return data, torch.tensor(boxes), torch.tensor(flips), i, str(path), bad
+                return data, torch.tensor(boxes), torch.tensor(flips), i, str(path), bad, *step
             except BadImage as e:
                 bad = bad or str(e)
         raise RuntimeError("no readable image in the data set")
@@ -327,25 +327,47 @@ class _ColourInWorker:
     """collate_fn for a CPU training device: the worker that made the batch also applies its
     colour operations, batched, with the parameters the main process would draw (the
     generator of (seed, epoch, step, rank)); the main process is left only the step. The
-    uint8 crops come along for replay (the invariance penalty re-colours them)."""
+    uint8 crops come along for replay (the invariance penalty re-colours them).
+    views_from_bytes (DALI's CPU path: DaliViews.for_worker()): the items are the files'
+    bytes, and their views are made here too, by the worker's own pipeline."""
 
-    def __init__(self, specs: List[ViewSpec], norm: BatchNormalize, seed: int, epoch: int, rank: int):
+    def __init__(self, specs: List[ViewSpec], norm: BatchNormalize, seed: int, epoch: int,
+                 rank: int, views_from_bytes=None):
         self.specs, self.norm, self.seed, self.epoch, self.rank = specs, norm, seed, epoch, rank
+        self.views_from_bytes = views_from_bytes
 
     def __call__(self, items):
         from torch.utils.data import default_collate
-        views, boxes, flips, index, bad = default_collate([it[:5] for it in items])
-        g = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch, items[0][5], self.rank))
+        step, items = items[0][-1], [it[:-1] for it in items]
+        refused = 0
+        if self.views_from_bytes is None:
+            views, boxes, flips, index, bad = default_collate(items)
+        else:
+            packed, boxes, flips, index, bad = _collate_bytes(items)
+            before = self.views_from_bytes.fallbacks
+            views, unreadable = self.views_from_bytes(packed, boxes, flips, self.specs,
+                                                      torch.device("cpu"))
+            bad, refused = bad + unreadable, self.views_from_bytes.fallbacks - before
+        g = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch, step, self.rank))
         out, params = colour_views(views, boxes, flips, self.specs, self.norm, g,
                                    torch.device("cpu"), _colour_into_shared_memory)
-        return (out, params, views), boxes, flips, index, bad
+        return (out, params, views, refused), boxes, flips, index, bad
 
 
 def _colour_into_shared_memory(x: torch.Tensor, spec: ViewSpec, p, norm: BatchNormalize):
     """_colour written straight into shared memory: what a worker returns is moved there
     anyway, a copy of the whole float batch (77 MB for 64 two-view images at 224 px)."""
-    out = torch.empty(len(x), 3, spec.size, spec.size).share_memory_()
+    out = shared_empty((len(x), 3, spec.size, spec.size))
     return in_chunks(lambda c, q: _colour_whole(c, spec, q, norm), x, p, spec.size, out=out)
+
+
+def shared_empty(shape) -> torch.Tensor:
+    """An empty float32 tensor allocated in shared memory, as default_collate allocates its
+    output in a worker (torch.empty(...).share_memory_() would allocate it privately first,
+    then move it: 38 MB more to write per batch of 224 px views)."""
+    numel = math.prod(shape)
+    storage = torch.empty(0)._typed_storage()._new_shared(numel, device="cpu")
+    return torch.empty(0).set_(storage._untyped_storage, 0, shape)
 
 
 class StreamBatches:
@@ -373,9 +395,9 @@ class StreamBatches:
         self.colour = CompiledApply(_colour_whole, _colour, chunks=True) if compile else _colour
         # on a CPU the colour ops run in the workers, in parallel, as torchvision's per-image
         # pipeline runs its own (in the one main process they halved the streamed rate at
-        # 224 px); compiled, they stay in the main process (one compile, not one per worker)
-        self.colour_in_workers = (device.type == "cpu" and num_workers > 0 and not compile
-                                  and not self.views_from_bytes)
+        # 224 px); compiled, they stay in the main process (one compile, not one per worker).
+        # DALI's CPU path goes with them: each worker decodes its batch with its own pipeline
+        self.colour_in_workers = device.type == "cpu" and num_workers > 0 and not compile
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
         batches = worker_batches(len(self.source), self.batch_size, self.seed, epoch,
@@ -384,7 +406,8 @@ class StreamBatches:
         src, norm, specs = self.source, self.source.normalize, self.spec_of_view
         if self.colour_in_workers:
             batches = [[(*item, step) for item in b] for step, b in enumerate(batches, start_step)]
-            collate = _ColourInWorker(specs, norm, self.seed, epoch, self.rank)
+            collate = _ColourInWorker(specs, norm, self.seed, epoch, self.rank,
+                                      self.views_from_bytes and self.views_from_bytes.for_worker())
         loader = DataLoader(self.dataset, batch_sampler=batches, num_workers=self.num_workers,
                             pin_memory=self.device.type == "cuda", persistent_workers=False,
                             collate_fn=collate)
@@ -392,7 +415,9 @@ class StreamBatches:
             src.report(list(bad))
             index = index.to(self.device, non_blocking=True)
             if self.colour_in_workers:
-                out, params, images = views
+                out, params, images, refused = views
+                if refused:                    # batches a worker's DALI pipeline refused
+                    self.views_from_bytes.fallbacks += refused
             else:
                 g = torch.Generator(device=self.device)
                 g.manual_seed(mix_seed(self.seed, epoch, step, self.rank))
