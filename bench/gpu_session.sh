@@ -11,7 +11,9 @@
 #      every 2 epochs, then tta.png (bench/tta_plot.py) beside the published races;
 #   3. the CUDA paths those runs do not reach, a few steps each (bench/gpu_paths.sh: nvJPEG
 #      decoding, fp16 with the grad scaler, DINO and MAE on a ViT, MoCo, linear evaluation);
-#   4. 40 steps with compile=true, and 40 with compile_mode=reduce-overhead (CUDA graphs),
+#   4. bench/stream.py on the GPU: a streamed JPEG folder at 224 px, ours against torchvision
+#      (and DALI's rows where DALI is installed: its wheels are too large to carry), GPU memory;
+#   5. 40 steps with compile=true, and 40 with compile_mode=reduce-overhead (CUDA graphs),
 #      each started only while the session is under DEADLINE (480 s) so the whole ends in time.
 # Writes OUT_DIR/session.log, metrics.jsonl, curves.png and tta.png.
 # A CPU smoke test with tiny sizes (a few minutes):
@@ -61,6 +63,15 @@ $PY -m sslcifar.figures curves "$RUN" "$OUT/curves.png" 2>/dev/null
 section "other CUDA paths (bench/gpu_paths.sh)"
 START=$START DEADLINE=$(( DEADLINE - 60 )) DATA=$DATA CKPT=$RUN DEVICE=$DEVICE WIDTH=$WIDTH \
     PYTHON=$PY bash bench/gpu_paths.sh
+
+if [ $(( $(date +%s) - START )) -lt "$DEADLINE" ]; then
+    # the streamed JPEG folder at 224 px: ours (colour ops on the GPU) and torchvision, and
+    # DALI (nvJPEG ROI decode) where the machine has it; images/s and GPU memory
+    DALI_ROWS=$($PY -c "import nvidia.dali" 2>/dev/null && echo --dali)
+    section "bench/stream.py --device $DEVICE $DALI_ROWS (224 px)"
+    SSLCIFAR_SHARED_DATA=.gpu/data timeout 150 $PY bench/stream.py --device "$DEVICE" \
+        --seconds 8 --workers "$(nproc)" --folder /tmp/sslcifar-stream $DALI_ROWS
+fi
 
 for mode in default reduce-overhead; do
     if [ $(( $(date +%s) - START )) -ge "$DEADLINE" ]; then echo "SKIP compile $mode (deadline)"; continue; fi

@@ -4,6 +4,7 @@
     python bench/stream.py --images 2000 --size 96 --workers 2
     python bench/stream.py --compile                 # ours with augment.compile=true
     python bench/stream.py --compile --rounds 3 --seconds 10   # best of 3 interleaved rounds
+    python bench/stream.py --device cuda --dali --workers 16   # on a GPU: colour ops there, GPU memory
 
 A folder of JPEGs of 256-500 px on a side is written first (the workplace's CIFAR-10
 images, upscaled; ../shared/data). Then, each in its own process (so that its peak memory
@@ -73,12 +74,17 @@ def peak_rss_mib() -> float:
 
 
 def one(kind: str, root: Path, size: int, batch: int, workers: int, seconds: float,
-        compile: bool = False) -> dict:
+        compile: bool = False, device: str = "cpu") -> dict:
     import torch
     # the main process makes the colour ops on the core the workers leave (2 threads: 20% slower)
     torch.set_num_threads(max(1, os.cpu_count() - workers) if workers else os.cpu_count())
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.cuda.init()
+        free, total = torch.cuda.mem_get_info(dev)
+        used_before = total - free
     if kind == "dali-own":
-        get = dali_own(root, size, batch, workers)
+        get = dali_own(root, size, batch, workers, dev)
     elif kind in ("ours", "ours-workers", "dali"):
         from hydra import compose, initialize_config_dir
         from sslcifar.config import register_configs
@@ -88,12 +94,12 @@ def one(kind: str, root: Path, size: int, batch: int, workers: int, seconds: flo
         with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
             cfg = compose("simclr", ["dataset=imagefolder", f"dataset.root={root}",
                                      f"dataset.size={size}", "dataset.pipeline=stream"])
-        src = build_source(cfg, "train", torch.device("cpu"), augment=True)
+        src = build_source(cfg, "train", dev, augment=True)
         views_from_bytes = None
         if kind == "dali":
             from sslcifar.data.dali import DaliViews
-            views_from_bytes = DaliViews(batch, torch.device("cpu"), workers)
-        batches = StreamBatches(src, batch, 0, 0, 1, workers, torch.device("cpu"), compile=compile,
+            views_from_bytes = DaliViews(batch, dev, workers)
+        batches = StreamBatches(src, batch, 0, 0, 1, workers, dev, compile=compile,
                                 views_from_bytes=views_from_bytes)
         if kind in ("ours", "dali"):
             it = iter(batches.epoch(0))
@@ -114,8 +120,10 @@ def one(kind: str, root: Path, size: int, batch: int, workers: int, seconds: flo
                         T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
         ds = datasets.ImageFolder(str(root / "train"), transform=lambda im: (tf(im), tf(im)))
         it = iter(DataLoader(ds, batch_size=batch, shuffle=True, num_workers=workers,
-                             drop_last=True))
-        get = lambda: next(it)[0]  # noqa: E731
+                             drop_last=True, pin_memory=dev.type == "cuda"))
+        get = lambda: [v.to(dev, non_blocking=True) for v in next(it)[0]]  # noqa: E731
+    if dev.type == "cuda":          # a batch counts once the GPU has made it
+        get = (lambda g: lambda: (g(), torch.cuda.synchronize(dev)))(get)
     get()                                          # workers up, first batch out
     t, images = time.perf_counter(), 0
     while time.perf_counter() - t < seconds:
@@ -124,22 +132,29 @@ def one(kind: str, root: Path, size: int, batch: int, workers: int, seconds: flo
         except StopIteration:
             break
         images += batch
-    return {"images_per_s": images / (time.perf_counter() - t), "peak_rss_mib": peak_rss_mib()}
+    out = {"images_per_s": images / (time.perf_counter() - t), "peak_rss_mib": peak_rss_mib()}
+    if dev.type == "cuda":      # the device's memory in use, ours (torch's cache) and DALI's pools
+        free, total = torch.cuda.mem_get_info(dev)
+        out["gpu_mib"] = (total - free - used_before) / 2**20
+    return out
 
 
-def dali_own(root: Path, size: int, batch: int, threads: int):
-    """DALI's own augmentation pipeline on the CPU (the reference row): a batch getter."""
+def dali_own(root: Path, size: int, batch: int, threads: int, device):
+    """DALI's own augmentation pipeline (the reference row), on the CPU or with nvJPEG and
+    the GPU: a batch getter."""
     import nvidia.dali.fn as fn
     import nvidia.dali.types as types
     from nvidia.dali import pipeline_def
+    gpu = device.type == "cuda"
 
-    @pipeline_def(batch_size=batch, num_threads=threads, device_id=None)
+    @pipeline_def(batch_size=batch, num_threads=threads,
+                  device_id=(device.index or 0) if gpu else None)
     def views():
         files, _ = fn.readers.file(file_root=str(root / "train"), random_shuffle=True, seed=0)
         out = []
         for _ in range(2):
-            img = fn.decoders.image_random_crop(files, device="cpu", output_type=types.RGB,
-                                                random_area=[0.08, 1.0])
+            img = fn.decoders.image_random_crop(files, device="mixed" if gpu else "cpu",
+                                                output_type=types.RGB, random_area=[0.08, 1.0])
             img = fn.resize(img, resize_x=size, resize_y=size, antialias=True)
             img = fn.color_twist(img, brightness=fn.random.uniform(range=[0.6, 1.4]),
                                  contrast=fn.random.uniform(range=[0.6, 1.4]),
@@ -150,6 +165,8 @@ def dali_own(root: Path, size: int, batch: int, threads: int):
         return tuple(out)
     pipe = views()
     pipe.build()
+    if gpu:             # the batch stays on the GPU (as_tensor), as a training loop would take it
+        return lambda: pipe.run()[0].as_tensor()
     return lambda: pipe.run()[0].as_array()
 
 
@@ -164,13 +181,21 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="ours with augment.compile=true")
     ap.add_argument("--rounds", type=int, default=1, help="each kind this often, in turn; best kept")
     ap.add_argument("--dali", action="store_true", help="also the dali and dali-own rows")
+    ap.add_argument("--device", default="cpu",
+                    help="the training device: cuda makes the colour ops there (ours, dali), "
+                         "moves torchvision's batches there, and reports GPU memory")
     ap.add_argument("--one", choices=("ours", "ours-workers", "torchvision", "dali", "dali-own"),
                     help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.device.startswith("cuda"):
+        import torch
+        if not torch.cuda.is_available():
+            sys.exit(f"bench/stream.py --device {args.device}: no CUDA device on this machine; "
+                     "run it where there is one, or without --device (the CPU)")
     root = Path(args.folder).resolve()
     if args.one:
         print(json.dumps(one(args.one, root, args.size, args.batch, args.workers, args.seconds,
-                             args.compile)))
+                             args.compile, args.device)))
         return
     make_folder(root, args.images)
     res = {}
@@ -179,7 +204,8 @@ def main() -> None:
         for kind in kinds:
             proc = subprocess.run([sys.executable, __file__, "--one", kind, "--folder", str(root),
                                    "--size", str(args.size), "--batch", str(args.batch),
-                                   "--workers", str(args.workers), "--seconds", str(args.seconds)]
+                                   "--workers", str(args.workers), "--seconds", str(args.seconds),
+                                   "--device", args.device]
                                   + ["--compile"] * args.compile, capture_output=True, text=True,
                                   env=dict(os.environ, PYTHONPATH=str(REPO)))
             if proc.returncode:
@@ -189,12 +215,14 @@ def main() -> None:
                 res[kind] = r           # the best round of each
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if "model name" in l), "?")
     print(f"{cpu}, {os.cpu_count()} cores; {args.images} JPEGs of 256-500 px, two {args.size} px "
-          f"views per image, batch {args.batch}, {args.workers} DataLoader workers each"
+          f"views per image, batch {args.batch}, {args.workers} DataLoader workers each, "
+          f"device {args.device}"
           + (", ours compiled" if args.compile else "")
           + (f"; best of {args.rounds} rounds" if args.rounds > 1 else ""))
     for kind in kinds:
         r = res[kind]
-        print(f"  {kind:12s} {r['images_per_s']:8.1f} images/s   peak RSS {r['peak_rss_mib']:7.0f} MiB")
+        print(f"  {kind:12s} {r['images_per_s']:8.1f} images/s   peak RSS {r['peak_rss_mib']:7.0f} MiB"
+              + (f"   GPU {r['gpu_mib']:7.0f} MiB" if "gpu_mib" in r else ""))
     tv = res["torchvision"]["images_per_s"]
     print(f"stream_speedup={res['ours']['images_per_s'] / tv:.2f} "
           f"workers_only={res['ours-workers']['images_per_s'] / tv:.2f}"

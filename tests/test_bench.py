@@ -13,3 +13,16 @@ def test_throughput_bench_runs_and_prints_its_ratios():
     last = proc.stdout.strip().splitlines()[-1]
     assert re.fullmatch(r"overhead device=[\d.]+ torchvision=[\d.]+ aug_speedup=[\d.]+", last), \
         proc.stdout[-2000:]
+
+
+def test_stream_bench_runs_every_row_and_prints_its_ratios(tmp_path):
+    """bench/stream.py on a few real JPEGs (the workplace's CIFAR-10 upscaled), DALI's rows
+    included: the stream pipeline's and DALI's CPU paths with their colour ops in a worker."""
+    proc = run("bench/stream.py", "--images", "24", "--size", "32", "--batch", "8",
+               "--workers", "1", "--seconds", "0.5", "--dali", "--folder", str(tmp_path / "jpegs"),
+               timeout=600)
+    rows = re.findall(r"^  (\S+) +[\d.]+ images/s", proc.stdout, re.M)
+    assert rows == ["torchvision", "ours", "ours-workers", "dali", "dali-own"], proc.stdout[-2000:]
+    last = proc.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(r"stream_speedup=[\d.]+ workers_only=[\d.]+ dali=[\d.]+ dali_own=[\d.]+",
+                        last), proc.stdout[-2000:]
