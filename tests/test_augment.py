@@ -290,8 +290,8 @@ def test_compiled_views_equal_the_eager_ones_to_rounding():
 
 @pytest.mark.parametrize("size, n", [(32, 400), (96, 40)])
 def test_views_made_in_cache_sized_chunks_equal_one_pass_over_the_batch(size, n):
-    # on a CPU apply_params cuts the batch into chunks of CPU_CHUNK_BYTES (170 images of
-    # 32 px, 18 of 96 px); every op is per sample, so the views are those of one pass
+    # on a CPU apply_params cuts the batch into chunks of CPU_CHUNK_BYTES (85 images of
+    # 32 px, 9 of 96 px); every op is per sample, so the views are those of one pass
     from sslcifar.data.augment import CPU_CHUNK_BYTES, apply_whole
     assert n * 3 * size * size * 4 > 2 * CPU_CHUNK_BYTES          # several chunks, a ragged tail
     spec = ViewSpec(size=size, blur_p=0.5, solarize_p=0.3, grayscale_p=0.3)

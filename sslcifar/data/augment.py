@@ -281,7 +281,11 @@ class BatchNormalize:
 # that fits the core's cache they run at cache speed. Every op is per sample, so a chunk
 # changes no value (tests/test_augment.py). Measured on a 2-core AMD EPYC, two 224 px
 # views of 64 images: 6.2 ms per view in chunks of 4 images, 22.9 ms over the whole batch.
-CPU_CHUNK_BYTES = 2 << 20
+# 1 MiB rather than 2 since the colour ops skip what no image of a chunk draws (may_any):
+# a 224 px chunk is then one image, and its colour ops took 0.77 instead of 1.08 ms a view
+# (bench/stream.py at 224 px: 1.70x torchvision instead of 1.32x); at 96 px (9 images a
+# chunk) and 32 px (85) the rate is the same within the noise.
+CPU_CHUNK_BYTES = 1 << 20
 
 
 def in_chunks(fn, x: torch.Tensor, params: Params, out_size: int,
