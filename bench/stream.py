@@ -207,7 +207,8 @@ def main() -> None:
                                    "--workers", str(args.workers), "--seconds", str(args.seconds),
                                    "--device", args.device]
                                   + ["--compile"] * args.compile, capture_output=True, text=True,
-                                  env=dict(os.environ, PYTHONPATH=str(REPO)))
+                                  env=dict(os.environ, PYTHONPATH=os.pathsep.join(
+                                      filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))))
             if proc.returncode:
                 sys.exit(proc.stderr[-3000:])
             r = json.loads(proc.stdout.strip().splitlines()[-1])

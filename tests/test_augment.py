@@ -319,16 +319,28 @@ def test_select_is_torch_where_bit_for_bit():
         assert torch.equal(select(m.float(), a, b), torch.where(m, a, b))
 
 
-def test_ops_no_sample_of_a_batch_draws_are_skipped_without_changing_a_value():
+def test_ops_no_sample_of_a_batch_draws_are_skipped_without_changing_a_value(monkeypatch):
     """On a CPU, colour() skips an op (a blend stage, the hue, grayscale, blur, solarize) that
-    no sample of the batch draws. Image by image almost every op is skipped for someone; the
-    views must be those of the batch, where every op runs (same tolerance as the chunks)."""
+    no sample of the batch draws. A skipped op is an exact identity: image by image (almost
+    every op skipped for someone) the views are those of the batch, bit for bit those of the
+    same calls with nothing skipped; and with no image jittered the gradient with respect to
+    the jitter is zeros (the invariance penalty asks for it), not an error."""
+    import sslcifar.data.augment as augment
     from sslcifar.data.augment import colour, sample_colour
     spec = ViewSpec(size=24, blur_p=0.5, solarize_p=0.3, grayscale_p=0.3)
     x = images(24, 24, 24)
     p = sample_colour(spec, 24, torch.Generator().manual_seed(2), "cpu")
     assert all(p[k].any() and not p[k].all() for k in ("jitter_on", "gray", "solarize"))
-    whole = colour(x, spec, p)
-    one_by_one = torch.cat([colour(x[i:i + 1], spec, {k: v[i:i + 1] for k, v in p.items()})
-                            for i in range(24)])
-    torch.testing.assert_close(one_by_one, whole, rtol=0, atol=1e-6)
+
+    def one_by_one():
+        return torch.cat([colour(x[i:i + 1], spec, {k: v[i:i + 1] for k, v in p.items()})
+                          for i in range(24)])
+    skipped, whole = one_by_one(), colour(x, spec, p)
+    torch.testing.assert_close(skipped, whole, rtol=0, atol=1e-6)   # the batch's kernels
+    monkeypatch.setattr(augment, "may_any", lambda mask: True)        # as on a GPU: nothing skipped
+    assert torch.equal(one_by_one(), skipped)
+    monkeypatch.undo()
+    jitter = p["jitter"].clone().requires_grad_()
+    off = dict(p, jitter=jitter, jitter_on=torch.zeros(24, dtype=torch.bool))
+    (grad,) = torch.autograd.grad(colour(x, spec, off).sum(), jitter)
+    assert torch.equal(grad, torch.zeros_like(grad))

@@ -83,6 +83,18 @@ def test_training_through_dali_resumes_bit_identically(tmp_path, jpeg_folder):  
     assert json.loads((full / "done.json").read_text())["knn_top1"] >= 0
 
 
+def test_dali_workers_start_after_an_evaluation_through_dali(tmp_path, jpeg_folder):  # noqa: F811
+    """kNN after each epoch reads through DALI's evaluation pipeline in the main process (its
+    threads started); the next epoch's workers are forked after it and each builds a DALI
+    pipeline of its own for the training views."""
+    proc = run("simclr.py", *TINY, "dataset=imagefolder", f"dataset.root={jpeg_folder}",
+               "dataset.size=32", "dataset.pipeline=dali", "dataset.num_workers=2", "epochs=2",
+               "eval.knn_every=1", f"hydra.run.dir={tmp_path / 'run'}")
+    out = proc.stdout + proc.stderr
+    assert "epoch 1 step" in out and out.count("knn_top1=") >= 3, out[-3000:]
+    assert "DALI refused a batch" not in out       # (the fixture's bad test files: evaluation's)
+
+
 def test_without_dali_the_run_says_how_to_install_it(tmp_path, jpeg_folder):  # noqa: F811
     """Without DALI (an empty package `nvidia` first on the path hides the installed one:
     `import nvidia.dali` fails as where it is not installed) the run ends in one line

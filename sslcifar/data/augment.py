@@ -195,7 +195,7 @@ def color_jitter(x: torch.Tensor, jitter: torch.Tensor, order: torch.Tensor,
     hue_pos = (order == HUE).long().argmax(dim=1)     # where the hue sits in each order
     for k in range(3):                                # blends before the hue
         x = _blend_stage(x, order[:, k], jitter, active=(k < hue_pos) & apply)
-    if with_hue and may_any(apply):
+    if with_hue and (may_any(apply) or _differentiated(jitter)):
         x = select(_per_sample(apply.to(x.dtype)), adjust_hue(x, jitter[:, HUE]), x)
     for k in range(1, 4):                             # blends after the hue
         x = _blend_stage(x, order[:, k], jitter, active=(k > hue_pos) & apply)
@@ -238,7 +238,7 @@ def _blend_stage(x, op, factors, active):
     brightness (0) -> 0, contrast (1) -> its mean gray, saturation (2) -> gray. factors
     [B, >=3]; the others keep factor 1. The gray is computed only when a sample needs it
     (may_any); without it the target is 0, as it is for those samples anyway."""
-    if not may_any(active):
+    if not may_any(active) and not _differentiated(factors):
         return x
     factor = torch.ones_like(factors[:, 0])
     for k in range(3):
@@ -248,11 +248,21 @@ def _blend_stage(x, op, factors, active):
     y = x.mul(f)
     if may_any(contrast | saturation):
         gray = rgb_to_grayscale(x)
-        target = gray.mean(dim=(1, 2, 3), keepdim=True) * _per_sample(contrast.to(x.dtype))
+        # each term is 0 for the samples without that op, and x + 0 == x exactly
+        target = (gray.mean(dim=(1, 2, 3), keepdim=True) * _per_sample(contrast.to(x.dtype))
+                  if may_any(contrast) else None)
         if may_any(saturation):
-            target = gray * _per_sample(saturation.to(x.dtype)) + target
+            sat = gray * _per_sample(saturation.to(x.dtype))
+            target = sat if target is None else sat + target
         y.add_(target * (1 - f))
     return y.clamp_(0, 1)
+
+
+def _differentiated(t: torch.Tensor) -> bool:
+    """Is autograd recording through t? Then the jitter's ops are not skipped even when no
+    sample draws them: the gradient penalty asks for d view / d jitter, which must be zeros
+    then, not an error saying the jitter is not in the graph."""
+    return t.requires_grad and torch.is_grad_enabled()
 
 
 class BatchNormalize:
@@ -280,7 +290,8 @@ class BatchNormalize:
 # batch of float images each pass streams the tensor through main memory, over a chunk
 # that fits the core's cache they run at cache speed. Every op is per sample, so a chunk
 # changes no value (tests/test_augment.py). Measured on a 2-core AMD EPYC, two 224 px
-# views of 64 images: 6.2 ms per view in chunks of 4 images, 22.9 ms over the whole batch.
+# views of 64 images (2026-12-02, before the ops below): 6.2 ms per view in chunks of 4
+# images, 22.9 ms over the whole batch.
 # 1 MiB rather than 2 since the colour ops skip what no image of a chunk draws (may_any):
 # a 224 px chunk is then one image, and its colour ops took 0.77 instead of 1.08 ms a view
 # (bench/stream.py at 224 px: 1.70x torchvision instead of 1.32x); at 96 px (9 images a

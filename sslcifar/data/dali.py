@@ -137,8 +137,10 @@ def plain_pipeline(size: int, batch_size: int, num_threads: int, device: torch.d
 
 class DaliViews:
     """Training views: a batch of `stream._collate_bytes` and its views' specs -> (uint8
-    [B, 3, S, S] per view on `device`, unreadable files' messages). One DALI pipeline for the
-    run, built at the first batch; `num_threads` DALI threads (its CPU decode and resize)."""
+    [B, 3, S, S] per view on `device`, unreadable files' messages). One DALI pipeline, built
+    at the first batch (a fresh one after a refused batch); `num_threads` DALI threads (its
+    CPU decode and resize). On a CPU training device with workers each worker has its own
+    (for_worker), for the epoch its workers live."""
 
     def __init__(self, batch_size: int, device: torch.device, num_threads: int = 2):
         import_dali()

@@ -224,7 +224,9 @@ def adjust_hue(images: torch.Tensor, hue_factor: torch.Tensor) -> torch.Tensor:
 
 
 def hflip(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return select(_per_sample(mask.to(images.dtype)), images.flip(-1), images)
+    """Flip the samples where mask [B]; any dtype (not on a hot path: crops flip inside
+    resized_crop)."""
+    return torch.where(_per_sample(mask), images.flip(-1), images)
 
 
 def gaussian_blur(images: torch.Tensor, kernel_size: int, sigma: torch.Tensor) -> torch.Tensor:

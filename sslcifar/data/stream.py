@@ -366,8 +366,8 @@ def shared_empty(shape) -> torch.Tensor:
     output in a worker (torch.empty(...).share_memory_() would allocate it privately first,
     then move it: 38 MB more to write per batch of 224 px views)."""
     numel = math.prod(shape)
-    storage = torch.empty(0)._typed_storage()._new_shared(numel, device="cpu")
-    return torch.empty(0).set_(storage._untyped_storage, 0, shape)
+    storage = torch.empty(0, dtype=torch.float32)._typed_storage()._new_shared(numel, device="cpu")
+    return torch.empty(0, dtype=torch.float32).set_(storage._untyped_storage, 0, shape)
 
 
 class StreamBatches:
