@@ -70,7 +70,7 @@ if [ $(( $(date +%s) - START )) -lt $(( DEADLINE - 150 )) ]; then     # its 150 
     DALI_ROWS=$($PY -c "import nvidia.dali" 2>/dev/null && echo --dali)
     section "bench/stream.py --device $DEVICE $DALI_ROWS (224 px)"
     SSLCIFAR_SHARED_DATA=.gpu/data timeout 150 $PY bench/stream.py --device "$DEVICE" \
-        --seconds 8 --workers "$(nproc)" --folder /tmp/sslcifar-stream $DALI_ROWS
+        --images 4000 --seconds 8 --workers "$(nproc)" --folder /tmp/sslcifar-stream $DALI_ROWS
 fi
 
 for mode in default reduce-overhead; do

@@ -8,7 +8,8 @@
 
 A folder of JPEGs of 256-500 px on a side is written first (the workplace's CIFAR-10
 images, upscaled; ../shared/data). Then, each in its own process (so that its peak memory
-is its own), as many two-view batches as fit in --seconds are made by
+is its own), as many two-view batches as fit in --seconds are made (epoch after epoch, the
+workers started again for each, as in training) by
   ours:        dataset.pipeline=stream: workers decode each file once (JPEG draft mode when
                the crops are small), crop and resize both views on the full image, and (on a
                CPU) apply the colour ops (jitter in a random order, grayscale) batched to the
@@ -28,6 +29,7 @@ Both with the same DataLoader workers. Prints images/s (an image = its two views
 peak RSS of the main process plus its workers, and the ratio.
 """
 import argparse
+import itertools
 import json
 import os
 import resource
@@ -102,14 +104,15 @@ def one(kind: str, root: Path, size: int, batch: int, workers: int, seconds: flo
         batches = StreamBatches(src, batch, 0, 0, 1, workers, dev, compile=compile,
                                 views_from_bytes=views_from_bytes)
         if kind in ("ours", "dali"):
-            it = iter(batches.epoch(0))
+            it = endless(batches.epoch)
             get = lambda: next(it).views  # noqa: E731
         else:       # the workers' part only: what a GPU, doing the colour ops, would wait for
             from torch.utils.data import DataLoader
             n = len(batches.dataset) // batch * batch
             order = torch.randperm(len(batches.dataset))[:n].view(-1, batch).tolist()
-            it = iter(DataLoader(batches.dataset, batch_sampler=[[(i, i) for i in b] for b in order],
-                                 num_workers=workers))
+            loader = DataLoader(batches.dataset, batch_sampler=[[(i, i) for i in b] for b in order],
+                                num_workers=workers)
+            it = endless(lambda e: loader)
             get = lambda: next(it)[0]  # noqa: E731
     else:
         from torch.utils.data import DataLoader
@@ -119,24 +122,30 @@ def one(kind: str, root: Path, size: int, batch: int, workers: int, seconds: flo
                         T.RandomGrayscale(0.2), T.ToTensor(),
                         T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
         ds = datasets.ImageFolder(str(root / "train"), transform=lambda im: (tf(im), tf(im)))
-        it = iter(DataLoader(ds, batch_size=batch, shuffle=True, num_workers=workers,
-                             drop_last=True, pin_memory=dev.type == "cuda"))
+        loader = DataLoader(ds, batch_size=batch, shuffle=True, num_workers=workers,
+                            drop_last=True, pin_memory=dev.type == "cuda")
+        it = endless(lambda e: loader)
         get = lambda: [v.to(dev, non_blocking=True) for v in next(it)[0]]  # noqa: E731
     if dev.type == "cuda":          # a batch counts once the GPU has made it
         get = (lambda g: lambda: (g(), torch.cuda.synchronize(dev)))(get)
     get()                                          # workers up, first batch out
     t, images = time.perf_counter(), 0
     while time.perf_counter() - t < seconds:
-        try:
-            get()
-        except StopIteration:
-            break
+        get()
         images += batch
     out = {"images_per_s": images / (time.perf_counter() - t), "peak_rss_mib": peak_rss_mib()}
     if dev.type == "cuda":      # the device's memory in use, ours (torch's cache) and DALI's pools
         free, total = torch.cuda.mem_get_info(dev)
         out["gpu_mib"] = (total - free - used_before) / 2**20
     return out
+
+
+def endless(epoch):
+    """The batches of epoch(0), epoch(1), ... in turn, as a training run reads them: a small
+    folder does not run dry within --seconds (with many workers, as on a GPU machine, 1000
+    images are a few batches each; every epoch starts its workers again, for every row)."""
+    for e in itertools.count():
+        yield from epoch(e)
 
 
 def dali_own(root: Path, size: int, batch: int, threads: int, device):
