@@ -236,9 +236,13 @@ def color_jitter_invclr(x: torch.Tensor, jitter: torch.Tensor, apply: torch.Tens
 def _blend_stage(x, op, factors, active):
     """One stage: each active sample [B] blends with the target of its op [B]:
     brightness (0) -> 0, contrast (1) -> its mean gray, saturation (2) -> gray. factors
-    [B, >=3]; the others keep factor 1. The gray is computed only when a sample needs it
-    (may_any); without it the target is 0, as it is for those samples anyway."""
-    if not may_any(active) and not _differentiated(factors):
+    [B, >=3]; the others keep factor 1. The gray, its mean and the stage itself are computed
+    only when a sample needs them (may_any); without them the target is 0, as it is for
+    those samples anyway. Nothing is skipped while autograd records through the factors
+    (_differentiated)."""
+    def needed(mask):
+        return may_any(mask) or _differentiated(factors)
+    if not needed(active):
         return x
     factor = torch.ones_like(factors[:, 0])
     for k in range(3):
@@ -246,12 +250,12 @@ def _blend_stage(x, op, factors, active):
     f = _per_sample(factor)
     contrast, saturation = (op == CONTRAST) & active, (op == SATURATION) & active
     y = x.mul(f)
-    if may_any(contrast | saturation):
+    if needed(contrast | saturation):
         gray = rgb_to_grayscale(x)
         # each term is 0 for the samples without that op, and x + 0 == x exactly
         target = (gray.mean(dim=(1, 2, 3), keepdim=True) * _per_sample(contrast.to(x.dtype))
-                  if may_any(contrast) else None)
-        if may_any(saturation):
+                  if needed(contrast) else None)
+        if needed(saturation):
             sat = gray * _per_sample(saturation.to(x.dtype))
             target = sat if target is None else sat + target
         y.add_(target * (1 - f))
@@ -259,9 +263,10 @@ def _blend_stage(x, op, factors, active):
 
 
 def _differentiated(t: torch.Tensor) -> bool:
-    """Is autograd recording through t? Then the jitter's ops are not skipped even when no
-    sample draws them: the gradient penalty asks for d view / d jitter, which must be zeros
-    then, not an error saying the jitter is not in the graph."""
+    """Is autograd recording through t? Then the jitter's ops run even where no sample draws
+    them: the gradient penalty's d view / d jitter is then zeros, not an error saying the
+    jitter is not in the graph, and autograd sums the same paths in the same order as it
+    always did (bench/fingerprint.py's invclr row: the same weights as before the skipping)."""
     return t.requires_grad and torch.is_grad_enabled()
 
 
