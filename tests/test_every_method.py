@@ -169,8 +169,10 @@ def _worker(rank, world, port, names, steps, out_dir):
             b = B // world
             batch = _batch(name, cfg, B, slice(rank * b, (rank + 1) * b), torch.float64)
             loss, grads, state = _steps(ddp, method, cfg, batch, steps)
-            torch.save({"loss": loss, "grads": grads, "state": state,
-                        "final": {k: v.detach() for k, v in method.state_dict().items()}},
+            # the state after `steps` steps only where it differs from `state` (a file is
+            # 0.1-0.6 GB: the heads are full size in float64)
+            final = {k: v.detach() for k, v in method.state_dict().items()} if steps > 1 else None
+            torch.save({"loss": loss, "grads": grads, "state": state, "final": final},
                        os.path.join(out_dir, f"rank{rank}_{name}.pt"))
         except Exception:
             with open(os.path.join(out_dir, f"rank{rank}_{name}.err"), "w") as f:
@@ -178,31 +180,44 @@ def _worker(rank, world, port, names, steps, out_dir):
     dist.destroy_process_group()
 
 
-def spawn_two_ranks(names, out_dir, steps=1):
-    """Two gloo processes, started once, run every method of `names` in turn. Returns
-    {name: [each rank's result, or its error text]}: a result holds the first step's loss,
-    gradients and state after the first step, and the state after `steps` steps."""
-    names = [names] if isinstance(names, str) else list(names)
+def _start_two_ranks(names, out_dir, steps=1):
+    """Two gloo processes, started once, run every method of `names` in turn, each rank
+    writing its result to out_dir (see `_worker`)."""
     mp.spawn(_worker, args=(2, _free_port(), names, steps, str(out_dir)), nprocs=2, join=True)
-    out = {}
-    for name in names:
-        out[name] = []
-        for r in range(2):
-            path = out_dir / f"rank{r}_{name}.pt"
-            out[name].append(torch.load(path, weights_only=True) if path.exists()
-                             else (out_dir / f"rank{r}_{name}.err").read_text())
+
+
+def _take_ranks(out_dir, name):
+    """Each rank's result for `name`, or its error text; the files are deleted once read."""
+    out = []
+    for r in range(2):
+        path, err = out_dir / f"rank{r}_{name}.pt", out_dir / f"rank{r}_{name}.err"
+        out.append(torch.load(path, weights_only=True) if path.exists() else err.read_text())
+        path.unlink(missing_ok=True)
+        err.unlink(missing_ok=True)
     return out
+
+
+def spawn_two_ranks(names, out_dir, steps=1):
+    """Runs `names` on 2 gloo processes and returns {name: [each rank's result, or its
+    error text]}: a result holds the first step's loss, gradients and state after the first
+    step, and (steps > 1) the state after `steps` steps as "final"."""
+    names = [names] if isinstance(names, str) else list(names)
+    _start_two_ranks(names, out_dir, steps)
+    return {name: _take_ranks(out_dir, name) for name in names}
 
 
 @pytest.fixture(scope="module")
 def two_ranks(request, tmp_path_factory):
-    """The 2-process results of every method that this session runs the test below for:
-    one pair of processes for all of them (their start-up, torch's import, is most of one
-    method's cost)."""
+    """The folder of the 2-process results of every method that this session runs the test
+    below for: one pair of processes for all of them (their start-up, torch's import, is
+    most of one method's cost). Each test reads (and deletes) its method's files: all of
+    them held at once would be ~5 GB of memory."""
     test = "test_two_ranks_equal_one_process_with_the_whole_batch"
     names = [item.callspec.params["name"] for item in request.session.items
              if getattr(item, "originalname", None) == test]
-    return spawn_two_ranks(names, tmp_path_factory.mktemp("two_ranks"))
+    out_dir = tmp_path_factory.mktemp("two_ranks")
+    _start_two_ranks(names, out_dir)
+    return out_dir
 
 
 @pytest.mark.dist
@@ -213,7 +228,7 @@ def test_two_ranks_equal_one_process_with_the_whole_batch(two_ranks, name):
     full gradient (Barlow Twins' and VICReg's statistics too: a plain all_reduce of them,
     as solo-learn and lightly do, would give gradients 1/world too small), and each rank
     fills its buffers with the global batch as one process would."""
-    ranks = two_ranks[name]
+    ranks = _take_ranks(two_ranks, name)
     for r in ranks:
         assert not isinstance(r, str), r                  # the rank's traceback
     cfg = _cfg(name)
