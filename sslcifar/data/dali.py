@@ -14,8 +14,8 @@ tests/test_dali.py measures the bound). The colour operations then run batched o
 training device with each view's parameters handed back, as for every other pipeline. On a
 CPU training device with workers, each worker runs a DALI pipeline of its own (one thread,
 `DaliViews.for_worker`) and the colour ops on the batch it read, as the stream pipeline's
-workers do: the main process is left the step (1.02x torchvision's rate at 224 px instead
-of 0.59x with DALI and the colour ops in the main process; bench/stream.py).
+workers do: the main process is left the step (1.14x torchvision's rate at 224 px instead
+of 0.59x with DALI and the colour ops in the main process; bench/stream.py, README).
 DALI's own file reader and random crop would be faster to set up but would draw the order
 and the boxes from DALI's generator: no rank slices of one global batch, no exact resume.
 
